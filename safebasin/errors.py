@@ -1,0 +1,92 @@
+"""Every error safebasin raises on purpose.
+
+All errors are rooted at `SafebasinError` and also subclass the builtin a caller would already
+catch (the huggingface_hub habit), so `except FileNotFoundError` keeps working. A
+`SafebasinError` is a user error: the CLI prints its one-line message and exits with code 2.
+Anything else escaping the library is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SafebasinError(Exception):
+    """Root of all user-facing errors; the message is one line naming the object and the fix."""
+
+    exit_code: int = 2
+
+
+class UsageError(SafebasinError, ValueError):
+    """Arguments that cannot work together (a radius and a reference, an empty list, ...)."""
+
+
+class CheckpointNotFoundError(SafebasinError, FileNotFoundError):
+    """A path or Hub id that does not exist, or a folder without weights."""
+
+
+class CheckpointFormatError(SafebasinError, ValueError):
+    """A safetensors header, index file or recipe that is malformed, truncated or unsafe."""
+
+
+class PickleRefusedError(SafebasinError, ValueError):
+    """`.bin`/`.pt` weights given without `--allow-pickle`."""
+
+
+class IncompatibleCheckpointsError(SafebasinError, ValueError):
+    """Inputs whose tensor names disagree."""
+
+
+class ShapeMismatchError(IncompatibleCheckpointsError):
+    """Inputs whose tensor shapes disagree (for example a resized vocabulary)."""
+
+
+class NonFiniteError(SafebasinError, ValueError):
+    """NaN or Inf found in an input tensor."""
+
+
+class OutputExistsError(SafebasinError, FileExistsError):
+    """The destination exists and `--overwrite` was not given."""
+
+
+class OutputLockedError(SafebasinError, BlockingIOError):
+    """Another safebasin process is writing the same destination."""
+
+
+class OutputNotWritableError(SafebasinError, PermissionError):
+    """The destination cannot be created or written (permissions, read-only, disk full)."""
+
+
+class HubError(SafebasinError, ConnectionError):
+    """A Hub id that cannot be resolved (offline and not cached, unknown repo, no access)."""
+
+
+class EvaluationError(SafebasinError, ValueError):
+    """Evaluation inputs that cannot be used (no prompts, no chat template, ...)."""
+
+
+class PushRefusedError(SafebasinError, PermissionError):
+    """A push blocked by the safety gate (no ASR result, or ASR above the limit)."""
+
+
+class VerificationError(SafebasinError):
+    """An output whose bytes no longer match the hashes in its recipe."""
+
+    exit_code = 1
+
+
+__all__ = [
+    "SafebasinError",
+    "UsageError",
+    "CheckpointNotFoundError",
+    "CheckpointFormatError",
+    "PickleRefusedError",
+    "IncompatibleCheckpointsError",
+    "ShapeMismatchError",
+    "NonFiniteError",
+    "OutputExistsError",
+    "OutputLockedError",
+    "OutputNotWritableError",
+    "HubError",
+    "EvaluationError",
+    "PushRefusedError",
+    "VerificationError",
+]
