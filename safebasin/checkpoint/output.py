@@ -1,0 +1,127 @@
+"""Publish an output folder atomically: temp folder beside the destination, lock, rename last.
+
+A crash (even SIGKILL) leaves at most a hidden `.NAME.safebasin-tmp-*` folder, never a folder at
+the destination that looks finished; the next run into the same destination removes it. Two runs
+into one destination are serialised by an `flock` on `.NAME.safebasin.lock`, which the kernel
+releases when a process dies, so a killed run never blocks the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..errors import OutputExistsError, OutputLockedError, OutputNotWritableError, UsageError
+
+log = logging.getLogger(__name__)
+
+# Files that make a merged folder loadable and usable like θ₀ (config, tokenizer, chat template).
+AUX_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
+    "added_tokens.json", "chat_template.jinja", "chat_template.json", "LICENSE",
+)
+
+
+def _check_not_inside_inputs(dest: Path, inputs: Sequence[Path]) -> None:
+    d = dest.resolve()
+    for p in inputs:
+        folder = (p if p.is_dir() else p.parent).resolve()
+        if d == folder or folder in d.parents:
+            raise UsageError(f"{dest}: output must not be an input folder or inside one "
+                             f"({p}); choose another -o")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(parent: Path, name: str) -> Iterator[None]:
+    lock_path = parent / f".{name}.safebasin.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputNotWritableError(f"{parent}: cannot write here: {e.strerror}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLockedError(f"{parent / name}: another safebasin process is writing "
+                                    "this destination; wait for it or choose another -o") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the lock file itself stays, harmlessly
+
+
+@contextlib.contextmanager
+def publishing(dest: str | os.PathLike, *, overwrite: bool = False,
+               inputs: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success rename it to `dest`, on failure remove it.
+
+    Raises:
+        OutputExistsError: `dest` exists and `overwrite` is false (checked before any work).
+        OutputLockedError: another process holds the destination's lock.
+        OutputNotWritableError: the parent folder cannot be written.
+        UsageError: `dest` is an input folder or inside one.
+    """
+    dest = Path(dest).absolute()
+    _check_not_inside_inputs(dest, inputs)
+    if dest.exists() and not overwrite:
+        raise OutputExistsError(f"{dest}: already exists; pass --overwrite to replace it")
+    parent = dest.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputNotWritableError(f"{parent}: cannot create: {e.strerror}") from e
+    with _locked(parent, dest.name):
+        for stale in parent.glob(f".{dest.name}.safebasin-tmp-*"):
+            log.warning("removing stale temporary folder %s from an interrupted run", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = parent / f".{dest.name}.safebasin-tmp-{os.getpid()}"
+        try:
+            tmp.mkdir()
+        except OSError as e:
+            raise OutputNotWritableError(f"{parent}: cannot write here: {e.strerror}") from e
+        try:
+            yield tmp
+            _fsync_dir(tmp)
+            _replace(tmp, dest, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _replace(tmp: Path, dest: Path, overwrite: bool) -> None:
+    if dest.exists():
+        if not overwrite:  # appeared while we worked
+            raise OutputExistsError(f"{dest}: already exists; pass --overwrite to replace it")
+        old = dest.parent / f".{dest.name}.safebasin-tmp-old-{os.getpid()}"
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
+def copy_aux_files(src: Path, dst: Path) -> list[str]:
+    """Copy config, tokenizer and chat-template files from θ₀'s folder; return their names."""
+    if not src.is_dir():
+        return []
+    copied = []
+    for name in AUX_FILES:
+        f = src / name
+        if f.is_file():
+            shutil.copyfile(f, dst / name)
+            copied.append(name)
+    return copied
