@@ -30,7 +30,7 @@ def make_model(path: Path, *, seed: int, tied: bool = False, dtype=torch.float32
     if like is not None:
         base = LlamaForCausalLM.from_pretrained(like, dtype=torch.float32)
         with torch.no_grad():
-            for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters(),
+            for (_n, p), (_, q) in zip(model.named_parameters(), base.named_parameters(),
                                       strict=True):
                 p.copy_(q + noise * torch.randn_like(q))
     else:
