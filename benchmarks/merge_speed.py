@@ -1,0 +1,190 @@
+"""Merge speed and memory against the I/O floor, measured in the same run.
+
+Generates synthetic bf16 checkpoints with real model shapes (Llama-3.2-1B: 2.47 GB, 3 shards;
+SmolLM2-135M), then prints, as the median of several runs:
+  * the I/O floor: read every input once (cat) + write one output's bytes with fsync (dd);
+  * `safebasin merge lerp` wall time, ratio to the floor, GB/s over input bytes, peak RSS;
+  * offline `safebasin merge ema` over K checkpoints against the floor of reading K+1 inputs;
+  * optionally mergekit's task_arithmetic on the same pair (`--mergekit PATH/mergekit-yaml`).
+Each merge runs in a fresh subprocess so that peak RSS is its own.
+
+    python benchmarks/merge_speed.py                 # full: 1.2B pair + 135M pair + EMA K=4
+    python benchmarks/merge_speed.py --quick         # 135M shapes only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from safebasin.checkpoint import ShardWriter, TensorSpec  # noqa: E402
+
+SHAPES = {
+    "llama-3.2-1b": dict(vocab=128256, hidden=2048, layers=16, inter=8192, heads=32, kv=8,
+                         tied=True, shards=3),
+    "smollm2-135m": dict(vocab=49152, hidden=576, layers=30, inter=1536, heads=9, kv=3,
+                         tied=True, shards=1),
+}
+
+
+def specs_for(s: dict) -> list[tuple[str, tuple[int, ...]]]:
+    h, hd = s["hidden"], s["hidden"] // s["heads"]
+    out = [("model.embed_tokens.weight", (s["vocab"], h))]
+    for i in range(s["layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", (h,)),
+                (p + "self_attn.q_proj.weight", (h, h)),
+                (p + "self_attn.k_proj.weight", (s["kv"] * hd, h)),
+                (p + "self_attn.v_proj.weight", (s["kv"] * hd, h)),
+                (p + "self_attn.o_proj.weight", (h, h)),
+                (p + "post_attention_layernorm.weight", (h,)),
+                (p + "mlp.gate_proj.weight", (s["inter"], h)),
+                (p + "mlp.up_proj.weight", (s["inter"], h)),
+                (p + "mlp.down_proj.weight", (h, s["inter"]))]
+    out.append(("model.norm.weight", (h,)))
+    return out
+
+
+def make_checkpoint(folder: Path, shape: dict, seed: int, base: Path | None = None) -> None:
+    """Random bf16 weights (a perturbation of `base` when given), streamed to disk."""
+    folder.mkdir(parents=True)
+    specs = [TensorSpec(n, torch.bfloat16, sh) for n, sh in specs_for(shape)]
+    total = sum(s.nbytes for s in specs)
+    writer = ShardWriter(folder, specs, shard_size=-(-total // shape["shards"]) + 1)
+    g = torch.Generator().manual_seed(seed)
+    for s in specs:
+        t = torch.randn(s.shape, generator=g).mul_(0.02).to(torch.bfloat16)
+        writer.write(s.name, t)
+    writer.close()
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+           "tie_word_embeddings": shape["tied"], "torch_dtype": "bfloat16"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
+    files = [str(f) for p in inputs for f in sorted(p.glob("*.safetensors"))]
+    t = time.perf_counter()
+    subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+    mib = max(1, out_bytes // 2**20)
+    subprocess.run(["dd", "if=/dev/zero", f"of={scratch}", "bs=1M", f"count={mib}",
+                    "conv=fsync", "status=none"], check=True)
+    wall = time.perf_counter() - t
+    scratch.unlink()
+    return wall
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and the child's peak RSS in MiB."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if status != 0:
+        raise SystemExit(f"command failed ({status}): {' '.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def median_runs(fn, runs: int) -> list:
+    return [fn() for _ in range(runs)]
+
+
+def bench_pair(name: str, work: Path, runs: int, mergekit: str | None, ema_k: int) -> None:
+    shape = SHAPES[name]
+    root = work / name
+    cks = [root / f"ckpt{i}" for i in range(max(2, ema_k + 1))]
+    for i, c in enumerate(cks):
+        if not c.exists():
+            make_checkpoint(c, shape, seed=i)
+    base, ft = cks[0], cks[1]
+    nbytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
+    out = root / "out"
+    sb = [sys.executable, "-m", "safebasin.cli", "merge"]
+
+    def lerp():
+        shutil.rmtree(out, ignore_errors=True)
+        return timed([*sb, "lerp", str(base), str(ft), "-o", str(out), "--alpha", "0.5", "-q"])
+
+    floors, merges = [], []
+    for _ in range(runs):  # interleaved, so that drift hits both alike
+        floors.append(io_floor([base, ft], nbytes, root / "dd.tmp"))
+        merges.append(lerp())
+    floor = statistics.median(floors)
+    wall = statistics.median(w for w, _ in merges)
+    rss = max(r for _, r in merges)
+    print(f"{name}: {nbytes / 1e9:.2f} GB per checkpoint")
+    print(f"  I/O floor (read 2 inputs, write+fsync 1)   {floor:6.2f} s   runs {fmt(floors)}")
+    print(f"  safebasin merge lerp                       {wall:6.2f} s   "
+          f"ratio {wall / floor:.2f}x   {2 * nbytes / wall / 1e9:.2f} GB/s in   "
+          f"peak RSS {rss:.0f} MiB   runs {fmt([w for w, _ in merges])}")
+    if mergekit:
+        bench_mergekit(mergekit, base, ft, root, runs, floor)
+    if ema_k:
+        inputs = cks[: ema_k + 1]
+        efloors, emas = [], []
+        for _ in range(runs):
+            efloors.append(io_floor(inputs, nbytes, root / "dd.tmp"))
+            shutil.rmtree(out, ignore_errors=True)
+            emas.append(timed([*sb, "ema", str(base), *map(str, inputs[1:]), "-o", str(out),
+                               "--eta", "0.25", "-q"]))
+        ef, ew = statistics.median(efloors), statistics.median(w for w, _ in emas)
+        print(f"  I/O floor (read {ema_k + 1} inputs, write+fsync 1)   {ef:6.2f} s   "
+              f"runs {fmt(efloors)}")
+        print(f"  safebasin merge ema (K={ema_k})                  {ew:6.2f} s   "
+              f"ratio {ew / ef:.2f}x   peak RSS {max(r for _, r in emas):.0f} MiB")
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_mergekit(exe: str, base: Path, ft: Path, root: Path, runs: int, floor: float) -> None:
+    cfg = root / "mergekit.yml"
+    cfg.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                   f"  - model: {ft}\n    parameters:\n      weight: 0.5\ndtype: bfloat16\n")
+    out = root / "mk_out"
+    res = []
+    for _ in range(runs):
+        shutil.rmtree(out, ignore_errors=True)
+        res.append(timed([exe, str(cfg), str(out), "--no-lazy-unpickle", "--quiet"]))
+    w = statistics.median(x for x, _ in res)
+    print(f"  mergekit task_arithmetic                   {w:6.2f} s   ratio {w / floor:.2f}x   "
+          f"peak RSS {max(r for _, r in res):.0f} MiB")
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def fmt(xs) -> str:
+    return "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=None, help="keep generated checkpoints")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="135M shapes only")
+    ap.add_argument("--ema-k", type=int, default=4)
+    ap.add_argument("--mergekit", help="path to a mergekit-yaml executable (own venv)")
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, python "
+          f"{platform.python_version()}, torch {torch.__version__}")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="safebasin-bench-"))
+    try:
+        names = ["smollm2-135m"] if args.quick else ["smollm2-135m", "llama-3.2-1b"]
+        for name in names:
+            bench_pair(name, work, args.runs, args.mergekit,
+                       args.ema_k if (name != "smollm2-135m" or args.quick) else 0)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
