@@ -224,11 +224,171 @@ def distance(a, b, per_tensor, as_json, allow_pickle, quiet):
 
 # ---- evaluation (safebasin.eval) ------------------------------------------------------------
 
+
+@cli.group("eval", cls=_Group)
+def eval_group() -> None:
+    """Keyword ASR, utility, and the report of a finished run."""
+
+
+def eval_run_options(f: Callable) -> Callable:
+    """Options of every generating run; the command gets `out` and `run` (run_* keywords),
+    returns the summary, and the table is printed here."""
+    opts = [
+        click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+                     help="Results folder; running again into it resumes."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=256,
+                     show_default=True, help="Greedy tokens per response."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                     default="auto", show_default=True, help="auto: the checkpoint's dtype."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+        click.option("--system-prompt", help="System message put before each prompt."),
+        click.option("--no-chat-template", is_flag=True, help="Raw prompts (base models)."),
+        click.option("--normalize-quotes", is_flag=True,
+                     help="Map curly apostrophes to ' before matching (off: as published)."),
+        quiet_option,
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+
+    @functools.wraps(f)
+    def wrapper(*args, out, max_new_tokens, batch_size, dtype, device, system_prompt,
+                no_chat_template, normalize_quotes, quiet, **kwargs):
+        from .eval import GenerationSettings
+        from .eval.report import format_summary
+
+        if quiet:  # transformers' own "Loading weights" bar too
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                        chat_template=not no_chat_template,
+                                        system_prompt=system_prompt)
+        with ProgressBar(quiet=quiet, desc=f.__name__.removeprefix("eval_"), unit="item") as bar:
+            run = {"generation": generation, "dtype": dtype, "device": device,
+                   "normalize_quotes": normalize_quotes, "on_progress": bar}
+            summary = f(*args, out=out, run=run, **kwargs)
+        click.echo(format_summary(summary))
+        click.echo(f"results in {out}")
+
+    return wrapper
+
+
+@eval_group.command("asr")
+@click.argument("model")
+@click.option("--prompts", type=click.Path(path_type=Path),
+              help="CSV, JSONL, TXT or Parquet (default: AdvBench, walledai/AdvBench).")
+@click.option("--column", help="Prompt column (default: goal, Goal, prompt, Behavior, ...).")
+@click.option("--limit", type=click.IntRange(min=1), help="A random subset of N prompts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of that subset.")
+@click.option("--keywords", default="qi", show_default=True,
+              help="qi, gcg, xstest, or a file with one refusal phrase a line.")
+@eval_run_options
+def eval_asr(model, prompts, column, limit, seed, keywords, out, run):
+    """Keyword attack success rate of MODEL (a folder or Hub id) on harmful prompts."""
+    from .eval import PromptSpec, run_asr
+
+    return run_asr(model, out, prompts=PromptSpec(prompts, column, limit, seed),
+                   keywords=keywords, **run)
+
+
+@eval_group.command("utility")
+@click.argument("model")
+@click.option("--data", type=click.Path(path_type=Path),
+              help='Chat JSONL, {"messages": [...]} a line: loss on assistant tokens.')
+@click.option("--max-length", type=click.IntRange(min=2), help="Truncate conversations.")
+@click.option("--xstest", type=click.Path(path_type=Path),
+              help="XSTest prompts CSV: over-refusal on its safe prompts.")
+@click.option("--limit", type=click.IntRange(min=1), help="A random subset of N XSTest prompts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of that subset.")
+@eval_run_options
+def eval_utility(model, data, max_length, xstest, limit, seed, out, run):
+    """Chat loss and perplexity (--data) and XSTest over-refusal (--xstest) of MODEL."""
+    from .eval import PromptSpec, run_utility
+
+    spec = PromptSpec(xstest, None, limit, seed) if xstest is not None else None
+    return run_utility(model, out, data=data, xstest=spec, max_length=max_length, **run)
+
+
+@eval_group.command("show")
+@click.argument("results_dir", type=click.Path(path_type=Path))
+def eval_show(results_dir):
+    """Print the table of the finished run in RESULTS_DIR."""
+    from .eval.report import show
+
+    click.echo(show(results_dir))
+
+
 # ---- toy world, sweep, demo (safebasin.toy) -------------------------------------------------
 
 # ---- hub: card and push (safebasin.hub) -----------------------------------------------------
 
+_base_model_option = click.option(
+    "--base-model", metavar="ORG/NAME",
+    help="Hub id of BASE, when the merge read it from a local folder.")
+
+
+@cli.command("card")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--eval", "eval_dirs", multiple=True, metavar="RESULTS_DIR",
+              type=click.Path(path_type=Path),
+              help="An eval result folder (or a folder of them) besides OUT/eval/*. Repeatable.")
+@_base_model_option
+def card_command(out, eval_dirs, base_model):
+    """Regenerate OUT/README.md from its recipe and the eval results under OUT/eval/."""
+    from . import hub
+
+    click.echo(f"wrote {hub.write_card(out, eval_dirs=eval_dirs, base_model=base_model)}")
+
+
+@cli.command("push")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--repo-id", required=True, metavar="ORG/NAME", help="Model repo to push to.")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--branch", metavar="B", help="Commit to this branch (created if missing).")
+@click.option("--max-asr", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Largest keyword ASR (fraction) allowed.")
+@click.option("--force", is_flag=True, help="Push without an ASR result or above --max-asr.")
+@click.option("--dry-run", is_flag=True, help="Print the files and the card; send nothing.")
+@_base_model_option
+def push_command(out, repo_id, private, branch, max_asr, force, dry_run, base_model):
+    """Upload OUT to the Hub in one commit if its keyword ASR is at most --max-asr.
+
+    The token comes from HF_TOKEN or `hf auth login`; it is never printed.
+    """
+    from . import hub
+
+    result = hub.push(out, repo_id, private=private, branch=branch, max_asr=max_asr,
+                      force=force, dry_run=dry_run, base_model=base_model)
+    if not dry_run:
+        click.echo(result.commit_url)
+        return
+    plan = result.plan
+    click.echo(f"dry run: would push {len(plan.files)} files to {repo_id} in one commit:")
+    for name, size in plan.files:
+        click.echo(f"  {name}  ({size} bytes)")
+    click.echo(f"commit message: {plan.message}\n\n{plan.card}")
+
+
 # ---- verify (safebasin.checkpoint) ----------------------------------------------------------
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@quiet_option
+def verify(folder, quiet):
+    """Re-read FOLDER and check every shard and tensor against its safebasin_recipe.json.
+
+    Exit 0 when every byte matches, 1 when something differs (the shard and tensor are
+    named), 2 when there is no recipe to check against.
+    """
+    from .checkpoint.verify import verify as verify_folder
+
+    with ProgressBar(quiet=quiet, desc="verify") as bar:
+        r = verify_folder(folder, progress=bar)
+    click.echo(f"OK {folder}: {r.shards} shards, {r.tensors} tensors, {r.nbytes} bytes match "
+               "safebasin_recipe.json")
 
 
 def main() -> None:

@@ -1,0 +1,223 @@
+"""Held-out chat loss and perplexity on assistant tokens: the utility side of a merge.
+
+Loss = Σ −log p(token | prefix) / (number of assistant tokens), summed over all conversations
+(a token-weighted mean, so long answers weigh more), and perplexity = exp(loss). Only assistant
+tokens are scored: the span each assistant turn adds to the rendered chat template, content and
+end-of-turn marker included (the model must learn to stop). Prompts and system text are context.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import EvaluationError
+from .generation import eval_mode, length_sorted_batches, render_chat, require_chat_template
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+_ROLES = {"system", "user", "assistant"}
+
+
+def _check_messages(messages: object, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise EvaluationError(f"{where}: 'messages' must be a non-empty list")
+    for m in messages:
+        if (not isinstance(m, dict) or m.get("role") not in _ROLES
+                or not isinstance(m.get("content"), str)):
+            raise EvaluationError(f"{where}: each message needs a role in {sorted(_ROLES)} and a "
+                                  f"text content, got {str(m)[:80]!r}")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise EvaluationError(f"{where}: no assistant message to score")
+    return messages
+
+
+def load_conversations(path: str | Path) -> list[list[dict]]:
+    """Conversations from JSONL, one ``{"messages": [{"role": ..., "content": ...}]}`` a line.
+
+    Raises:
+        EvaluationError: missing file, invalid JSON, a line without assistant messages.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"chat data file {str(path)!r} not found")
+    conversations = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"line {number} of {str(path)!r}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvaluationError(f"{where} is not valid JSON: {e.msg}") from e
+            if not isinstance(row, dict):
+                raise EvaluationError(f"{where} is not a JSON object with 'messages'")
+            conversations.append(_check_messages(row.get("messages"), where))
+    if not conversations:
+        raise EvaluationError(f"chat data file {str(path)!r} has no conversations")
+    return conversations
+
+
+def _assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict],
+                     full: str) -> list[tuple[int, int]]:
+    """Character spans of ``full`` written by assistant turns (content and end-of-turn)."""
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render_chat(tokenizer, messages[:i + 1], add_generation_prompt=False)
+        if not full.startswith(upto):
+            raise EvaluationError("the chat template renders earlier turns differently once "
+                                  "later ones follow; assistant tokens cannot be located")
+        # Normally `before` (up to the generation prompt) is a prefix of `upto`; some templates
+        # render the generation prompt differently, so the span starts where they part.
+        spans.append((len(os.path.commonprefix([before, upto])), len(upto)))
+    return spans
+
+
+def encode_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict]
+) -> tuple[list[int], list[bool]]:
+    """Token ids of the rendered conversation and, for each token, whether it is scored.
+
+    A token is scored when its first character lies in an assistant span. Needs a fast
+    tokenizer (character offsets).
+    """
+    require_chat_template(tokenizer)
+    if not getattr(tokenizer, "is_fast", False):
+        raise EvaluationError("utility loss needs a fast tokenizer (tokenizer.json) for "
+                              "character offsets")
+    full = render_chat(tokenizer, messages, add_generation_prompt=False)
+    spans = _assistant_spans(tokenizer, messages, full)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    scored = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
+    return enc["input_ids"], scored
+
+
+@dataclass(frozen=True)
+class ConversationLoss:
+    """Summed negative log-likelihood (nats) over one conversation's scored tokens."""
+
+    index: int
+    tokens: int
+    nll: float
+
+
+@dataclass(frozen=True)
+class UtilitySummary:
+    mean_loss: float  # nats per assistant token
+    perplexity: float
+    tokens: int
+    conversations: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UtilityLossResult:
+    losses: list[ConversationLoss]
+    summary: UtilitySummary
+
+
+def summarize_losses(losses: Sequence[ConversationLoss]) -> UtilitySummary:
+    """Token-weighted mean loss and its perplexity.
+
+    Raises:
+        EvaluationError: no scored token at all.
+    """
+    tokens = sum(c.tokens for c in losses)
+    if tokens == 0:
+        raise EvaluationError("no assistant tokens to score (all truncated away?)")
+    mean = math.fsum(c.nll for c in losses) / tokens
+    return UtilitySummary(mean, math.exp(mean), tokens, len(losses))
+
+
+@torch.no_grad()
+def _batch_nll(model: PreTrainedModel, rows: list[tuple[list[int], list[bool]]],
+               pad_id: int) -> list[tuple[int, float]]:
+    width = max(len(ids) for ids, _ in rows)
+    device = next(model.parameters()).device
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T), right padded
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    scored = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, (x, s) in enumerate(rows):
+        ids[b, :len(x)], attn[b, :len(x)], scored[b, :len(x)] = torch.tensor(x), 1, torch.tensor(s)
+    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits  # (B, T, V)
+    # token t is predicted at position t-1; fp32 log-softmax even for bf16 models
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    target = ids[:, 1:].to(device)
+    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    mask = scored[:, 1:].to(device)
+    sums = (nll.double() * mask).sum(dim=1).tolist()
+    return [(int(m.sum()), s) for m, s in zip(mask, sums, strict=True)]
+
+
+def evaluate_utility_loss(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[list[dict]],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    indices: Sequence[int] | None = None,
+    on_losses: Callable[[list[ConversationLoss]], None] | None = None,
+) -> UtilityLossResult:
+    """Mean loss and perplexity of an in-memory model on the assistant tokens of chat data.
+
+    Args:
+        model: a causal LM on its device; put back in its train/eval mode afterwards.
+        tokenizer: its fast tokenizer, with a chat template.
+        conversations: message lists (``[{"role": "user", "content": ...}, ...]``).
+        batch_size: conversations per forward pass (they are sorted by length first).
+        max_length: keep only the first ``max_length`` tokens of each conversation (None: all).
+        indices: label of each conversation in the results (default: its position).
+        on_losses: called with each batch's per-conversation losses.
+
+    Returns:
+        `UtilityLossResult`: per-conversation losses in input order and their `UtilitySummary`.
+
+    Raises:
+        EvaluationError: no chat template, malformed messages, no assistant token.
+
+    Example:
+        >>> chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        >>> evaluate_utility_loss(model, tokenizer, [chat]).summary.perplexity > 1.0
+        True
+    """
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
+    if not conversations:
+        raise EvaluationError("no conversations to score")
+    labels = list(indices) if indices is not None else list(range(len(conversations)))
+    encoded = [encode_conversation(tokenizer, _check_messages(m, f"conversation {i}"))
+               for i, m in zip(labels, conversations, strict=True)]
+    if max_length is not None:
+        encoded = [(ids[:max_length], s[:max_length]) for ids, s in encoded]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results: list[ConversationLoss | None] = [None] * len(encoded)
+    with eval_mode(model):
+        for batch in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
+            sums = _batch_nll(model, [encoded[i] for i in batch], pad_id)
+            losses = [ConversationLoss(labels[i], n, s)
+                      for i, (n, s) in zip(batch, sums, strict=True)]
+            for i, loss in zip(batch, losses, strict=True):
+                results[i] = loss
+            if on_losses is not None:
+                on_losses(losses)
+    done = [r for r in results if r is not None]
+    return UtilityLossResult(done, summarize_losses(done))
+
+
+__all__ = ["load_conversations", "encode_conversation", "ConversationLoss", "UtilitySummary",
+           "UtilityLossResult", "summarize_losses", "evaluate_utility_loss"]
