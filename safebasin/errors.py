@@ -63,6 +63,14 @@ class EvaluationError(SafebasinError, ValueError):
     """Evaluation inputs that cannot be used (no prompts, no chat template, ...)."""
 
 
+class DataNotFoundError(SafebasinError, FileNotFoundError):
+    """A training data file or toy-world folder that does not exist."""
+
+
+class DataFormatError(SafebasinError, ValueError):
+    """Training data that cannot be used (bad JSON, missing messages, no assistant reply)."""
+
+
 class PushRefusedError(SafebasinError, PermissionError):
     """A push blocked by the safety gate (no ASR result, or ASR above the limit)."""
 
@@ -87,6 +95,8 @@ __all__ = [
     "OutputNotWritableError",
     "HubError",
     "EvaluationError",
+    "DataNotFoundError",
+    "DataFormatError",
     "PushRefusedError",
     "VerificationError",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,35 +55,76 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """repr() cut to one readable line: a hostile header may hold megabyte-long names."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _nbytes_capped(shape: list[int], itemsize: int, cap: int) -> int:
+    """Byte size of `shape`, or `cap + 1` once it passes `cap`.
+
+    A hostile header may list thousands of dimensions near 2**62: their exact product is a
+    huge integer that takes minutes to compute, and the answer only needs to be "too big".
+    """
+    if 0 in shape:
+        return 0
+    n = itemsize
+    for d in shape:
+        n *= d
+        if n > cap:
+            return cap + 1
+    return n
+
+
 def _bad(path: Path, problem: str) -> CheckpointFormatError:
     return CheckpointFormatError(f"{path}: not a valid safetensors file: {problem}")
 
 
 def _entry(path: Path, name: str, raw: object, data_len: int, base: int) -> TensorInfo:
     if not isinstance(raw, dict):
-        raise _bad(path, f"entry {name!r} is not an object")
-    dtype = DTYPES.get(raw.get("dtype"))  # type: ignore[arg-type]
+        raise _bad(path, f"entry {_short(name)} is not an object")
+    dtype_name = raw.get("dtype")
+    dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
     if dtype is None:
-        raise _bad(path, f"tensor {name!r} has unknown dtype {raw.get('dtype')!r}")
+        raise _bad(path, f"tensor {_short(name)} has unknown dtype {_short(dtype_name)}")
     shape, offsets = raw.get("shape"), raw.get("data_offsets")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in shape
     ):
-        raise _bad(path, f"tensor {name!r} has an invalid shape {shape!r}")
+        raise _bad(path, f"tensor {_short(name)} has an invalid shape {_short(shape)}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
         or not 0 <= offsets[0] <= offsets[1] <= data_len
     ):
-        raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r} outside the "
+        raise _bad(path, f"tensor {_short(name)} has data_offsets {_short(offsets)} outside the "
                          f"{data_len}-byte data region")
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    nbytes = math.prod(shape) * itemsize
-    if offsets[1] - offsets[0] != nbytes:
-        raise _bad(path, f"tensor {name!r} of shape {tuple(shape)} and dtype {raw['dtype']} "
-                         f"needs {nbytes} bytes but its offsets span {offsets[1] - offsets[0]}")
+    span = offsets[1] - offsets[0]
+    nbytes = _nbytes_capped(shape, dtype.itemsize, span)
+    if nbytes != span:
+        needs = f"{nbytes} bytes" if nbytes <= span else f"more than {span} bytes"
+        raise _bad(path, f"tensor {_short(name)} of shape {_short(tuple(shape))} and dtype "
+                         f"{dtype_name} needs {needs} but its offsets span {span}")
     return TensorInfo(name, dtype, tuple(shape), path, base + offsets[0], nbytes)
+
+
+def _open_regular(path: Path):
+    """Open for reading, refusing anything but a regular file.
+
+    O_NONBLOCK because a FIFO named `model.safetensors` would otherwise block `open` forever;
+    devices and folders are refused before a byte is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _bad(path, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -97,7 +139,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
                 raise _bad(path, f"file is {size} bytes, shorter than the 8-byte header length")
@@ -110,11 +152,12 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         raise CheckpointFormatError(f"{path}: cannot read: {e.strerror or e}") from e
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, UTF-8 or a 5000-digit int
         raise _bad(path, f"header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta  # null is valid: safetensors reads it as no metadata
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise _bad(path, "__metadata__ must map strings to strings")
     data_len = size - 8 - n
@@ -124,7 +167,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
     for start, end, name in spans:
         if start != cursor:
             what = "overlaps the previous tensor" if start < cursor else "leaves a hole before it"
-            raise _bad(path, f"tensor {name!r} {what} (offset {start - 8 - n})")
+            raise _bad(path, f"tensor {_short(name)} {what} (offset {start - 8 - n})")
         cursor = end
     if cursor != size:
         raise _bad(path, f"data region has {size - cursor} bytes not covered by any tensor")

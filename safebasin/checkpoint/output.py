@@ -9,7 +9,10 @@ releases when a process dies, so a killed run never blocks the next one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
+import glob
 import logging
 import os
 import shutil
@@ -29,12 +32,20 @@ AUX_FILES = (
 
 
 def _check_not_inside_inputs(dest: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output that is, lies inside, or contains an input's folder.
+
+    The last case matters with --overwrite: replacing `dest` deletes whatever it held, and
+    an input inside it would be deleted too.
+    """
     d = dest.resolve()
     for p in inputs:
         folder = (p if p.is_dir() else p.parent).resolve()
         if d == folder or folder in d.parents:
             raise UsageError(f"{dest}: output must not be an input folder or inside one "
                              f"({p}); choose another -o")
+        if d in folder.parents:
+            raise UsageError(f"{dest}: output must not contain an input ({p}); replacing it "
+                             "would delete that input; choose another -o")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,7 +95,8 @@ def publishing(dest: str | os.PathLike, *, overwrite: bool = False,
     except OSError as e:
         raise OutputNotWritableError(f"{parent}: cannot create: {e.strerror}") from e
     with _locked(parent, dest.name):
-        for stale in parent.glob(f".{dest.name}.safebasin-tmp-*"):
+        # glob.escape: a name like "run[1]" must not match (and delete) another run's folder
+        for stale in parent.glob(f"{glob.escape('.' + dest.name)}.safebasin-tmp-*"):
             log.warning("removing stale temporary folder %s from an interrupted run", stale)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = parent / f".{dest.name}.safebasin-tmp-{os.getpid()}"
@@ -94,24 +106,55 @@ def publishing(dest: str | os.PathLike, *, overwrite: bool = False,
             raise OutputNotWritableError(f"{parent}: cannot write here: {e.strerror}") from e
         try:
             yield tmp
-            _fsync_dir(tmp)
-            _replace(tmp, dest, overwrite)
+            try:
+                _fsync_dir(tmp)
+                _replace(tmp, dest, overwrite)
+            except OSError as e:
+                raise OutputNotWritableError(f"{dest}: cannot publish: {e.strerror or e}") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported.
+
+    With it, `dest` always names a complete folder: the old one until the swap, the new one
+    after. Without it (other systems, some file systems), two renames leave a moment without
+    `dest`.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _replace(tmp: Path, dest: Path, overwrite: bool) -> None:
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
         if not overwrite:  # appeared while we worked
             raise OutputExistsError(f"{dest}: already exists; pass --overwrite to replace it")
-        old = dest.parent / f".{dest.name}.safebasin-tmp-old-{os.getpid()}"
-        os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
+        if _exchange(tmp, dest):
+            old = tmp  # after the swap, tmp holds the old output
+        else:
+            old = dest.parent / f".{dest.name}.safebasin-tmp-old-{os.getpid()}"
+            os.rename(dest, old)
+            os.rename(tmp, dest)
+        _fsync_dir(dest.parent)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     else:
         os.rename(tmp, dest)
-    _fsync_dir(dest.parent)
+        _fsync_dir(dest.parent)
 
 
 def copy_aux_files(src: Path, dst: Path) -> list[str]:
@@ -122,6 +165,10 @@ def copy_aux_files(src: Path, dst: Path) -> list[str]:
     for name in AUX_FILES:
         f = src / name
         if f.is_file():
-            shutil.copyfile(f, dst / name)
+            try:
+                shutil.copyfile(f, dst / name)
+            except OSError as e:  # disk full here must not surface as a traceback
+                raise OutputNotWritableError(f"{dst / name}: cannot copy {f}: "
+                                             f"{e.strerror or e}") from e
             copied.append(name)
     return copied

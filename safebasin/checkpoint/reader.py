@@ -14,7 +14,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointFormatError, CheckpointNotFoundError, PickleRefusedError
+from ..errors import (
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    PickleRefusedError,
+    SafebasinError,
+)
 from .header import TensorInfo, read_header
 
 log = logging.getLogger(__name__)
@@ -30,7 +35,7 @@ LM_HEAD = "lm_head.weight"
 
 def _inside(folder: Path, rel: str) -> Path:
     """Resolve a shard name from an index, refusing anything that escapes the folder."""
-    if os.path.isabs(rel) or not rel or "\\" in rel:
+    if os.path.isabs(rel) or not rel or "\\" in rel or "\0" in rel:
         raise CheckpointFormatError(f"{folder / INDEX_FILE}: shard name {rel!r} is not a plain "
                                     "file name inside the folder")
     root = folder.resolve()
@@ -41,22 +46,41 @@ def _inside(folder: Path, rel: str) -> Path:
     return target
 
 
-def _index_shards(folder: Path) -> list[Path]:
+def _weight_map(folder: Path) -> dict[str, Path]:
+    """The index's tensor name -> shard file, each shard checked to lie inside `folder`."""
     index = folder / INDEX_FILE
     try:
         data = json.loads(index.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON, UTF-8, huge ints
         raise CheckpointFormatError(f"{index}: malformed index ({e})") from None
     wmap = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
         raise CheckpointFormatError(f"{index}: 'weight_map' must map tensor names to shard files")
-    shards = []
+    if not wmap:
+        raise CheckpointFormatError(f"{index}: 'weight_map' lists no tensors")
+    shards: dict[str, Path] = {}
     for rel in sorted(set(wmap.values())):
         path = _inside(folder, rel)
         if not path.is_file():
             raise CheckpointNotFoundError(f"{index}: shard {rel!r} is missing")
-        shards.append(path)
-    return shards
+        shards[rel] = path
+    return {name: shards[rel] for name, rel in wmap.items()}
+
+
+def _index_shards(folder: Path) -> list[Path]:
+    return sorted(set(_weight_map(folder).values()))
+
+
+def _check_index(folder: Path, infos: dict[str, TensorInfo]) -> None:
+    """Refuse an index that maps a tensor to a shard that does not hold it.
+
+    Loaders that trust the index (transformers) would fail on such a folder or silently
+    drop the tensor; tensors a shard holds beyond the index are still read.
+    """
+    wrong = [n for n, p in _weight_map(folder).items() if n not in infos or infos[n].path != p]
+    if wrong:
+        raise CheckpointFormatError(f"{folder / INDEX_FILE}: {len(wrong)} tensors are not in "
+                                    f"the shard the index names, first {wrong[:3]}")
 
 
 def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
@@ -110,6 +134,9 @@ class Checkpoint:
         self._pickled = pickled
         self._fds: dict[Path, int] = {}
         self.aliases: dict[str, str] = {}
+        # Where the input came from beyond its path ({"hub_id", "revision"}, {"adapter", ...});
+        # the merge copies it into the recipe's input entry.
+        self.source: dict = {}
         if LM_HEAD not in infos and self.tied_embeddings:
             source = next((n for n in EMBEDDING_NAMES if n in infos), None)
             if source is not None:
@@ -125,7 +152,12 @@ class Checkpoint:
             PickleRefusedError: `.bin`/`.pt` weights without `allow_pickle`.
         """
         path = Path(path)
-        files = _weight_files(path, allow_pickle)
+        try:
+            files = _weight_files(path, allow_pickle)
+        except SafebasinError:
+            raise
+        except OSError as e:  # a folder we may not list (EACCES), a path that vanished
+            raise CheckpointNotFoundError(f"{path}: cannot read: {e.strerror or e}") from e
         folder = path if path.is_dir() else path.parent
         config = _read_config(folder) if path.is_dir() else None
         if files[0].suffix in PICKLE_SUFFIXES:
@@ -138,6 +170,8 @@ class Checkpoint:
                     raise CheckpointFormatError(f"{f}: tensor {name!r} also appears in "
                                                 f"{infos[name].path.name}")
             infos.update(shard)
+        if path.is_dir() and (path / INDEX_FILE).is_file():
+            _check_index(path, infos)
         return cls(path, infos, config=config)
 
     # -- metadata -------------------------------------------------------------------------
@@ -201,7 +235,7 @@ class Checkpoint:
         item = info.dtype.itemsize
         nbytes = (stop - start) * item
         view = buf[:nbytes]
-        got = os.preadv(self._fd(info.path), [view], info.offset + start * item) if nbytes else 0
+        got = _pread_full(self._fd(info.path), view, info.offset + start * item, info.path)
         if got != nbytes:
             raise CheckpointFormatError(f"{info.path}: truncated: tensor {stored!r} needs "
                                         f"{nbytes} bytes at offset {info.offset + start * item}, "
@@ -242,13 +276,31 @@ class Checkpoint:
         return f"Checkpoint({str(self.path)!r}, {len(self.names)} tensors)"
 
 
+def _pread_full(fd: int, view: memoryview, offset: int, path: Path) -> int:
+    """Fill `view` from `offset`; fewer bytes back means the file ended early.
+
+    One preadv may legally return less than asked (Linux caps a call at 2 GiB - 4 KiB), so a
+    single short read is not yet a truncation: only a read that returns 0 is.
+    """
+    got = 0
+    while got < len(view):
+        try:
+            n = os.preadv(fd, [view[got:]], offset + got)
+        except OSError as e:
+            raise CheckpointFormatError(f"{path}: cannot read: {e.strerror or e}") from e
+        if n == 0:
+            break
+        got += n
+    return got
+
+
 def _read_config(folder: Path) -> dict | None:
     cfg = folder / "config.json"
     if not cfg.is_file():
         return None
     try:
         data = json.loads(cfg.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON, UTF-8, huge ints
         raise CheckpointFormatError(f"{cfg}: malformed config ({e})") from None
     if not isinstance(data, dict):
         raise CheckpointFormatError(f"{cfg}: config is not a JSON object")

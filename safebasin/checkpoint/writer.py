@@ -145,6 +145,9 @@ class ShardWriter:
     # -- public -----------------------------------------------------------------------------
     def write(self, name: str, data: torch.Tensor | memoryview | bytes) -> None:
         """Append the next bytes of tensor `name` (which must be the one the writer expects)."""
+        empty = data.numel() == 0 if isinstance(data, torch.Tensor) else not memoryview(data)
+        if empty:
+            return  # zero-byte tensors were closed out when the writer reached them
         if self._pos >= len(self._queue) or self._queue[self._pos][1].name != name:
             expected = self._queue[self._pos][1].name if self._pos < len(self._queue) else None
             raise RuntimeError(f"ShardWriter expected {expected!r}, got {name!r}")
