@@ -26,8 +26,10 @@ from .plan import MergeOptions, build_plan
 PathLike = str | os.PathLike
 
 
-def _describe(role: str, path: PathLike) -> dict:
-    return {"role": role, "path": str(Path(path).absolute())}
+def _describe(role: str, ckpt: Checkpoint) -> dict:
+    """An input as the recipe records it: its local path plus where it came from (Hub id and
+    commit sha, LoRA adapter)."""
+    return {"role": role, "path": str(Path(ckpt.path).absolute()), **ckpt.source}
 
 
 def _run(method: str, parameters: dict, paths: Sequence[PathLike], out: PathLike,
@@ -44,11 +46,12 @@ def _run(method: str, parameters: dict, paths: Sequence[PathLike], out: PathLike
         recipe = {
             "method": method,
             "parameters": {**parameters, **extra},
-            "inputs": [_describe(r, p) for r, p in zip(roles, paths, strict=True)],
+            "inputs": [_describe(r, c) for r, c in zip(roles, inputs, strict=True)],
             "coefficients": coefficients,
             "options": {"dtype": options.dtype, "shard_size": options.shard_size,
                         "vocab_mismatch": options.vocab_mismatch,
-                        "allow_nonfinite": options.allow_nonfinite},
+                        "allow_nonfinite": options.allow_nonfinite,
+                        "allow_pickle": options.allow_pickle},
         }
         return execute(plans, inputs, out, options=options, recipe=recipe)
 
@@ -100,7 +103,9 @@ def l2_project(base: PathLike, finetuned: PathLike, out: PathLike, *,
         if match is not None:
             with open_checkpoint(match, allow_pickle=options.allow_pickle, base=base_ck) as ref:
                 d_ref = tensor_distances(base_ck, ref, vocab_mismatch=options.vocab_mismatch)
-            extra["match"] = str(Path(match).absolute())
+                extra["match"] = str(Path(ref.path).absolute())
+                if ref.source:
+                    extra["match_source"] = dict(ref.source)
             if per_tensor:
                 extra["radii"] = d_ref.per_tensor
                 return l2_per_tensor_coefficients(d_ref.per_tensor, d_ft.per_tensor), extra

@@ -8,7 +8,6 @@ written and fsynced.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import queue
@@ -18,16 +17,27 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, kernels
-from ..checkpoint import (Checkpoint, ShardWriter, TensorSpec, copy_aux_files, publishing,
-                          write_text_synced)
+from .. import kernels
+from ..card import CARD_FILE, base_license, render_card
+from ..checkpoint import (
+    RECIPE_FILE,
+    Checkpoint,
+    ShardWriter,
+    TensorSpec,
+    copy_aux_files,
+    output_record,
+    publishing,
+    set_config_dtype,
+    write_recipe,
+    write_text_synced,
+)
 from ..errors import NonFiniteError
 from .plan import MergeOptions, TensorPlan
 from .stream import CHUNK_ELEMS, Fingerprints, chunks_of, read_chunks
 
 log = logging.getLogger(__name__)
 
-RECIPE_FILE = "safebasin_recipe.json"
+__all__ = ["RECIPE_FILE", "execute"]
 
 
 class _BackgroundWriter:
@@ -124,16 +134,9 @@ def _write_config(base: Checkpoint, tmp: Path, plans: list[TensorPlan]) -> None:
     if not base.path.is_dir():
         return
     copy_aux_files(base.path, tmp)
-    cfg_path = tmp / "config.json"
     floats = {p.dtype for p in plans if p.is_float}
-    if not cfg_path.is_file() or len(floats) != 1:
-        return
-    cfg = json.loads(cfg_path.read_text())
-    new = str(floats.pop()).removeprefix("torch.")
-    key = "dtype" if "dtype" in cfg else "torch_dtype"
-    if cfg.get(key) != new:
-        cfg[key] = new
-        write_text_synced(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if len(floats) == 1:
+        set_config_dtype(tmp, floats.pop())
 
 
 def execute(plans: list[TensorPlan], inputs: Sequence[Checkpoint], out: str | Path, *,
@@ -153,17 +156,14 @@ def execute(plans: list[TensorPlan], inputs: Sequence[Checkpoint], out: str | Pa
         recipe = dict(recipe)
         for i, entry in enumerate(recipe["inputs"]):
             entry["fingerprint"] = fingerprints.digest(i, inputs[i])
-        recipe["output"] = {
-            "shards": shard_hashes,
-            "tensors": writer.tensor_hashes,
-            "hash": "xxh3_128",
-            "total_bytes": sum(s.nbytes for s in specs),
-        }
+        recipe["output"] = output_record(writer, shard_hashes, specs)
         recipe["distances"] = {
             "global_to_base": math.sqrt(sum(sq.values())),
             "per_tensor_to_base": {k: math.sqrt(v) for k, v in sq.items()},
         }
-        recipe["safebasin_version"] = __version__
-        write_text_synced(tmp / RECIPE_FILE, json.dumps(recipe, indent=2) + "\n")
+        if license_ := base_license(inputs[0].path):  # from θ₀'s card; see safebasin.card
+            recipe["base_license"] = license_
+        recipe = write_recipe(tmp, recipe)
+        write_text_synced(tmp / CARD_FILE, render_card(recipe))
     log.info("wrote %s (distance to base %.6g)", out, recipe["distances"]["global_to_base"])
     return recipe
