@@ -426,6 +426,53 @@ def toy_accuracy(model, world):
     acc = task_accuracy(model, world)
     click.echo(f"task accuracy {acc.accuracy:.3f} ({acc.correct}/{acc.n})")
 
+
+def _print_outcome(outcome, out: Path) -> None:
+    from .sweep.report import summary_markdown
+
+    click.echo(summary_markdown(outcome.groups))
+    names = ", ".join(sorted(p.name for p in outcome.files.values()))
+    click.echo(f"wrote {out}: {names} ({len(outcome.rows)} points, {outcome.wall_s:.0f} s)")
+
+
+@cli.command("sweep")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Results folder: results.csv, summary.md/.csv, PNG plots, sweep.json.")
+@click.option("--workdir", type=click.Path(path_type=Path),
+              help="Models, runs and cached points [default: OUTPUT/work].")
+@quiet_option
+def sweep_cmd(config, out, workdir, quiet):
+    """Run CONFIG's (YAML) fine-tunes, merges and evaluations; finished points are reused."""
+    from .sweep import sweep
+
+    _quiet_transformers(True)  # one "Loading weights" bar per point would drown the table
+    with ProgressBar(quiet=quiet, desc="sweep", unit="point") as bar:
+        outcome = sweep(config, out, workdir=workdir, progress=lambda label: bar(1))
+    _print_outcome(outcome, out)
+
+
+@cli.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("safebasin-demo"),
+              show_default=True, help="Where the world, models, table and plots go (reused).")
+@click.option("--quick", is_flag=True, help="One seed, two EMAs, shorter runs (< 2 minutes).")
+@click.option("--smoke", is_flag=True, help="A tiny model and a dozen steps: checks that every "
+              "path runs (seconds; the numbers mean nothing).")
+@quiet_option
+def demo_cmd(workdir, quick, smoke, quiet):
+    """The toy world end to end: θ₀, aggressive fine-tuning with EMA, matched-distance merges,
+    keyword ASR; prints the table and writes the plots."""
+    from .sweep.demo import demo
+
+    if quick and smoke:
+        raise UsageError("give --quick or --smoke, not both")
+    _quiet_transformers(True)
+    with ProgressBar(quiet=quiet, desc="demo", unit="point") as bar:
+        outcome = demo(workdir, mode="smoke" if smoke else "quick" if quick else "full",
+                       progress=lambda label: bar(1))
+    _print_outcome(outcome, workdir)
+    click.echo(f"config: {workdir / 'demo.yaml'} (rerun or edit it with `safebasin sweep`)")
+
 # ---- hub: card and push (safebasin.hub) -----------------------------------------------------
 
 _base_model_option = click.option(

@@ -1,0 +1,59 @@
+"""Training-time baselines: supervised fine-tuning (assistant tokens only) and L2 toward θ₀.
+
+`finetune` reads a model folder and a chat JSONL file and writes an HF model folder; `train` is
+the same on in-memory objects. Pass `safebasin.ema.EMACallback` in `callbacks` for online EMA.
+The settings (`FinetuneConfig`) import without transformers; everything else is imported on
+first use, because it needs transformers.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from .config import RECORD_NAME, FinetuneConfig, FinetuneResult
+
+if TYPE_CHECKING:
+    from .callbacks import ProgressBar, ema_callback
+    from .chat_data import (
+        IGNORE_INDEX,
+        ChatCollator,
+        ChatDataset,
+        EncodedChat,
+        encode_chat,
+        read_chat_jsonl,
+    )
+    from .l2_to_init import L2ToInit, L2ToInitTrainer
+    from .runner import finetune, train
+
+_LAZY = {
+    "finetune": ".runner", "train": ".runner",
+    "L2ToInit": ".l2_to_init", "L2ToInitTrainer": ".l2_to_init",
+    "ProgressBar": ".callbacks", "ema_callback": ".callbacks",
+    "IGNORE_INDEX": ".chat_data", "ChatCollator": ".chat_data", "ChatDataset": ".chat_data",
+    "EncodedChat": ".chat_data", "encode_chat": ".chat_data", "read_chat_jsonl": ".chat_data",
+}
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "RECORD_NAME",
+    "finetune",
+    "train",
+    "L2ToInit",
+    "L2ToInitTrainer",
+    "ProgressBar",
+    "ema_callback",
+    "IGNORE_INDEX",
+    "ChatCollator",
+    "ChatDataset",
+    "EncodedChat",
+    "encode_chat",
+    "read_chat_jsonl",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,66 @@
+"""The toy world: a seeded procedural chat world, its tokenizer, tiny Llama, θ₀ and utility.
+
+Harmful and benign requests share sentence frames; θ₀ learns to refuse harmful content and
+answer benign content; benign fine-tuning (new how-to objects and one-digit additions) raises
+task accuracy and erodes refusals at aggressive learning rates. Everything is a normal HF folder
+or chat JSONL file, so the same commands serve the toy world and Hub models.
+
+Typical use (what `safebasin demo` and sweeps call):
+
+    world = build_world("work/world", config=ToyWorldConfig(seed=0))
+    train_theta0(world, "work/theta0", config=Theta0Config(seed=0))
+    finetune("work/theta0", world.finetune_jsonl, "work/ft", config=FinetuneConfig(...))
+    task_accuracy("work/ft", world).accuracy
+
+Configs, the generator and the world folder import without transformers; the tokenizer, model,
+training and evaluation are imported on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from .config import Theta0Config, ToyModelConfig
+from .files import ToyWorld, build_world, open_world
+from .world import ChatExample, ToyData, ToyWorldConfig, generate, task_answer
+
+if TYPE_CHECKING:
+    from .generate import greedy_responses
+    from .model import build_model
+    from .tokenizer import CHAT_TEMPLATE, build_tokenizer
+    from .train import train_theta0
+    from .utility import TaskAccuracy, task_accuracy, task_accuracy_of
+
+_LAZY = {
+    "CHAT_TEMPLATE": ".tokenizer", "build_tokenizer": ".tokenizer",
+    "build_model": ".model", "train_theta0": ".train", "greedy_responses": ".generate",
+    "TaskAccuracy": ".utility", "task_accuracy": ".utility", "task_accuracy_of": ".utility",
+}
+
+__all__ = [
+    "ToyWorldConfig",
+    "ToyData",
+    "ChatExample",
+    "generate",
+    "task_answer",
+    "ToyWorld",
+    "build_world",
+    "open_world",
+    "ToyModelConfig",
+    "Theta0Config",
+    "CHAT_TEMPLATE",
+    "build_tokenizer",
+    "build_model",
+    "train_theta0",
+    "greedy_responses",
+    "TaskAccuracy",
+    "task_accuracy",
+    "task_accuracy_of",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
