@@ -54,16 +54,13 @@ def ema_callback(*, eta: float | None = None, every: int | None = None,
         The callback, or None when neither an EMA nor a trajectory is asked for.
 
     Raises:
-        UsageError: `every` without `eta`, settings out of range, or `safebasin.ema` missing.
+        UsageError: `every` without `eta`, or settings out of range.
     """
     if eta is None and every is not None:
         raise UsageError("--ema-every needs --ema-eta (the EMA it spaces out)")
     if eta is None and save_trajectory_every is None:
         return None
-    try:
-        from ..ema import EMACallback
-    except ImportError as e:
-        raise UsageError("--ema-eta/--save-trajectory-every need safebasin.ema.EMACallback "
-                         "(issue 4), which this installation does not have yet") from e
+    from ..ema import EMACallback
+
     # eta=None with a trajectory interval: raw weights only, no average
     return EMACallback(eta=eta, every=every or 1, save_trajectory_every=save_trajectory_every)
