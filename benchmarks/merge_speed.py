@@ -3,6 +3,8 @@
 Generates synthetic bf16 checkpoints with real model shapes (Llama-3.2-1B: 2.47 GB, 3 shards;
 SmolLM2-135M), then prints, as the median of several runs:
   * the I/O floor: read every input once (cat) + write one output's bytes with fsync (dd);
+  * what a Python process that only imports torch costs (`python -c 'import torch'`): part of
+    every CLI merge's wall time that no merge engine removes;
   * `safebasin merge lerp` wall time, ratio to the floor, GB/s over input bytes, peak RSS;
   * offline `safebasin merge ema` over K checkpoints against the floor of reading K+1 inputs;
   * optionally mergekit's task_arithmetic on the same pair (`--mergekit PATH/mergekit-yaml`).
@@ -57,6 +59,17 @@ def specs_for(s: dict) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
+def write_config(folder: Path, s: dict) -> None:
+    """A config complete enough for mergekit, which reads the layer count and sizes from it
+    (without them it assumes Llama defaults and asks for tensors that do not exist)."""
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+           "hidden_size": s["hidden"], "intermediate_size": s["inter"],
+           "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
+           "num_key_value_heads": s["kv"], "vocab_size": s["vocab"],
+           "tie_word_embeddings": s["tied"], "torch_dtype": "bfloat16"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
 def make_checkpoint(folder: Path, shape: dict, seed: int, base: Path | None = None) -> None:
     """Random bf16 weights (a perturbation of `base` when given), streamed to disk."""
     folder.mkdir(parents=True)
@@ -68,9 +81,7 @@ def make_checkpoint(folder: Path, shape: dict, seed: int, base: Path | None = No
         t = torch.randn(s.shape, generator=g).mul_(0.02).to(torch.bfloat16)
         writer.write(s.name, t)
     writer.close()
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-           "tie_word_embeddings": shape["tied"], "torch_dtype": "bfloat16"}
-    (folder / "config.json").write_text(json.dumps(cfg))
+    write_config(folder, shape)
 
 
 def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
@@ -96,8 +107,36 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def median_runs(fn, runs: int) -> list:
-    return [fn() for _ in range(runs)]
+def startup() -> float:
+    """Wall seconds of a Python process that imports torch and does nothing: the part of every
+    CLI merge that no merge engine can remove (interpreter start, torch import, exit)."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - t
+
+
+def warm(inputs: list[Path]) -> None:
+    """Read every input once, untimed, so that the first timed run does not pay for the disk."""
+    files = [str(f) for p in inputs for f in sorted(p.glob("*.safetensors"))]
+    subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def mergekit_cmd(exe: str, base: Path, ft: Path, root: Path, out: Path) -> list[str]:
+    """task_arithmetic at weight 0.5 (= lerp at alpha 0.5), computed in bf16 as mergekit users
+    usually run it. The synthetic checkpoints have no tokenizer: --no-copy-tokenizer."""
+    cfg = root / "mergekit.yml"
+    cfg.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                   f"  - model: {ft}\n    parameters:\n      weight: 0.5\ndtype: bfloat16\n")
+    return [exe, str(cfg), str(out), "--no-lazy-unpickle", "--no-copy-tokenizer", "--quiet"]
+
+
+def row(label: str, walls: list[float], floor: float, extra: str = "") -> str:
+    w = statistics.median(walls)
+    return (f"  {label:44s} {w:6.2f} s   ratio {w / floor:.2f}x   {extra}runs {fmt(walls)}")
 
 
 def bench_pair(name: str, work: Path, runs: int, mergekit: str | None, ema_k: int) -> None:
@@ -107,29 +146,34 @@ def bench_pair(name: str, work: Path, runs: int, mergekit: str | None, ema_k: in
     for i, c in enumerate(cks):
         if not c.exists():
             make_checkpoint(c, shape, seed=i)
+        write_config(c, shape)  # also brings checkpoints kept in --workdir up to date
     base, ft = cks[0], cks[1]
     nbytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
-    out = root / "out"
+    out, mk_out = root / "out", root / "mk_out"
     sb = [sys.executable, "-m", "safebasin.cli", "merge"]
+    print(f"{name}: {nbytes / 1e9:.2f} GB per checkpoint ({load()})")
+    warm(cks[: ema_k + 1] if ema_k else [base, ft])
 
-    def lerp():
-        shutil.rmtree(out, ignore_errors=True)
-        return timed([*sb, "lerp", str(base), str(ft), "-o", str(out), "--alpha", "0.5", "-q"])
-
-    floors, merges = [], []
-    for _ in range(runs):  # interleaved, so that drift hits both alike
+    floors, starts, merges, mks = [], [], [], []
+    for _ in range(runs):  # interleaved, so that drift hits all alike
         floors.append(io_floor([base, ft], nbytes, root / "dd.tmp"))
-        merges.append(lerp())
+        starts.append(startup())
+        shutil.rmtree(out, ignore_errors=True)
+        merges.append(timed([*sb, "lerp", str(base), str(ft), "-o", str(out), "--alpha", "0.5",
+                             "-q"]))
+        if mergekit:
+            shutil.rmtree(mk_out, ignore_errors=True)
+            mks.append(timed(mergekit_cmd(mergekit, base, ft, root, mk_out)))
     floor = statistics.median(floors)
-    wall = statistics.median(w for w, _ in merges)
-    rss = max(r for _, r in merges)
-    print(f"{name}: {nbytes / 1e9:.2f} GB per checkpoint")
-    print(f"  I/O floor (read 2 inputs, write+fsync 1)   {floor:6.2f} s   runs {fmt(floors)}")
-    print(f"  safebasin merge lerp                       {wall:6.2f} s   "
-          f"ratio {wall / floor:.2f}x   {2 * nbytes / wall / 1e9:.2f} GB/s in   "
-          f"peak RSS {rss:.0f} MiB   runs {fmt([w for w, _ in merges])}")
+    walls = [w for w, _ in merges]
+    print(f"  I/O floor (read 2 inputs, write+fsync 1)     {floor:6.2f} s   runs {fmt(floors)}")
+    print(row("python -c 'import torch' (no work)", starts, floor))
+    print(row("safebasin merge lerp", walls, floor,
+              f"{2 * nbytes / statistics.median(walls) / 1e9:.2f} GB/s in   "
+              f"peak RSS {max(r for _, r in merges):.0f} MiB   "))
     if mergekit:
-        bench_mergekit(mergekit, base, ft, root, runs, floor)
+        print(row("mergekit task_arithmetic", [w for w, _ in mks], floor,
+                  f"peak RSS {max(r for _, r in mks):.0f} MiB   "))
     if ema_k:
         inputs = cks[: ema_k + 1]
         efloors, emas = [], []
@@ -138,27 +182,15 @@ def bench_pair(name: str, work: Path, runs: int, mergekit: str | None, ema_k: in
             shutil.rmtree(out, ignore_errors=True)
             emas.append(timed([*sb, "ema", str(base), *map(str, inputs[1:]), "-o", str(out),
                                "--eta", "0.25", "-q"]))
-        ef, ew = statistics.median(efloors), statistics.median(w for w, _ in emas)
-        print(f"  I/O floor (read {ema_k + 1} inputs, write+fsync 1)   {ef:6.2f} s   "
+        ef = statistics.median(efloors)
+        print(f"  I/O floor (read {ema_k + 1} inputs, write+fsync 1)     {ef:6.2f} s   "
               f"runs {fmt(efloors)}")
-        print(f"  safebasin merge ema (K={ema_k})                  {ew:6.2f} s   "
-              f"ratio {ew / ef:.2f}x   peak RSS {max(r for _, r in emas):.0f} MiB")
+        print(row(f"safebasin merge ema (K={ema_k})", [w for w, _ in emas], ef,
+                  f"{(ema_k + 1) * nbytes / statistics.median(w for w, _ in emas) / 1e9:.2f} "
+                  f"GB/s in   peak RSS {max(r for _, r in emas):.0f} MiB   "))
+    print(f"  ({load()})")
     shutil.rmtree(out, ignore_errors=True)
-
-
-def bench_mergekit(exe: str, base: Path, ft: Path, root: Path, runs: int, floor: float) -> None:
-    cfg = root / "mergekit.yml"
-    cfg.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
-                   f"  - model: {ft}\n    parameters:\n      weight: 0.5\ndtype: bfloat16\n")
-    out = root / "mk_out"
-    res = []
-    for _ in range(runs):
-        shutil.rmtree(out, ignore_errors=True)
-        res.append(timed([exe, str(cfg), str(out), "--no-lazy-unpickle", "--quiet"]))
-    w = statistics.median(x for x, _ in res)
-    print(f"  mergekit task_arithmetic                   {w:6.2f} s   ratio {w / floor:.2f}x   "
-          f"peak RSS {max(r for _, r in res):.0f} MiB")
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(mk_out, ignore_errors=True)
 
 
 def fmt(xs) -> str:
@@ -173,8 +205,9 @@ def main() -> None:
     ap.add_argument("--ema-k", type=int, default=4)
     ap.add_argument("--mergekit", help="path to a mergekit-yaml executable (own venv)")
     args = ap.parse_args()
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, python "
-          f"{platform.python_version()}, torch {torch.__version__}")
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.platform()}, "
+          f"python {platform.python_version()}, torch {torch.__version__}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="safebasin-bench-"))
     try:
         names = ["smollm2-135m"] if args.quick else ["smollm2-135m", "llama-3.2-1b"]

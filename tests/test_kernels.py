@@ -82,6 +82,17 @@ def weighted_sum_reference(ts: list[torch.Tensor], ws: list[float]
     return ref, 2 * U * (len(ts) + 1) * torch.stack(terms).abs().sum(0)
 
 
+def deltas_reference(base: torch.Tensor, others: list[torch.Tensor], ws: list[float]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base + Σ wᵢ(tᵢ − base) in float64, bound on the error of evaluating it in fp32: each
+    difference, product and sum rounds once, on values no larger than the magnitudes below)."""
+    b64 = base.double()
+    ref = b64 + sum((fp32(w) * (t.double() - b64) for t, w in zip(others, ws, strict=True)),
+                    torch.zeros_like(b64))
+    size = b64.abs() + sum((t.double().abs() for t in others), torch.zeros_like(b64))
+    return ref, 4 * U * (len(others) + 2) * (1 + sum(abs(fp32(w)) for w in ws)) * size
+
+
 def is_exact_case(dtypes: list[torch.dtype], ws: list[float]) -> bool:
     """16-bit inputs (from `sample`) and weights with few bits: fp32 math is exact."""
     return all(d != torch.float32 for d in dtypes) and all((w * 8).is_integer() for w in ws)
@@ -171,6 +182,25 @@ def test_fp32_math_double_rounds_near_bf16_ties(torch_backend):
     assert float(correct) == -0.71484375 and float(out) == -0.7109375
     assert float(torch.lerp(a, b, 0.3)) == float(out)
     assert_rounded_once(out, ref, bound, exact=False)  # allowed: within fp32 error of a tie
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_lerp_on_cpu_is_one_torch_lerp_pass(torch_backend, dtype):
+    """Inputs and output of one 16-bit dtype: torch.lerp (fp32 math with an FMA, one rounding),
+    held to the same float64 bound as the separate-op path; see safebasin/kernels/_torch.py."""
+    a, b = sample(3001, dtype, 15), sample(3001, dtype, 16)
+    for w in (0.3, 0.7, 1e-3, -2.0):
+        out = kernels.lerp(a, b, w)
+        assert same_bits(out, torch.lerp(a, b, fp32(w)))
+        assert_rounded_once(out, *lerp_reference(a, b, w), exact=False)
+        separate = kernels.lerp(a, b, w, out_dtype=torch.float32).to(dtype)  # no-FMA fp32
+        assert float((out != separate).double().mean()) < 0.01  # only near 16-bit ties
+
+
+def test_fp32_lerp_keeps_separate_multiply_and_add(torch_backend):
+    a, b = sample(3001, torch.float32, 17), sample(3001, torch.float32, 18)
+    want = torch.add(a, torch.mul(torch.sub(b, a), fp32(0.3)))  # the Triton kernels' sequence
+    assert same_bits(kernels.lerp(a, b, 0.3), want)
 
 
 CHUNK = _torch.chunk_elems(torch.device("cpu"))
@@ -291,7 +321,107 @@ def test_empty_tensors(torch_backend):
     assert kernels.lerp_(e32, e16, 0.5) is e32
     out, sq = kernels.weighted_sum([e16, e32], [0.5, 0.5], return_sq=True)
     assert out.shape == (0, 3) and float(sq) == 0.0
+    out, sq = kernels.add_deltas(e16, [e32, e16], [0.5, 0.25], return_sq=True)
+    assert out.shape == (0, 3) and float(sq) == 0.0
     assert float(kernels.sq_dist(e16, e32)) == 0.0
+
+
+# ---------------------------------------------------------------- add deltas
+
+
+@pytest.mark.parametrize("tensor_weights", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_add_deltas_rounds_once(torch_backend, k, tensor_weights):
+    base = sample(1025, torch.bfloat16, 60)
+    others = [sample(1025, DTYPES[(i + 1) % 2], 61 + i) for i in range(k)]  # bf16, fp16 mixed
+    ws = K_WEIGHTS[:k]
+    given = [torch.tensor(w) for w in ws] if tensor_weights else ws
+    out, sq = kernels.add_deltas(base, others, given, return_sq=True)
+    assert out.dtype == base.dtype
+    assert_rounded_once(out, *deltas_reference(base, others, ws), exact=True)
+    assert_sq(sq, float(((out.double() - base.double()) ** 2).sum()))  # of the stored result
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+def test_add_deltas_general_weights_within_fp32_bound(torch_backend, out_dtype):
+    base = sample(3001, torch.bfloat16, 62)
+    others = [sample(3001, DTYPES[i % 3], 63 + i) for i in range(4)]
+    ws = [0.3, -0.7, 0.45, 1e-3]
+    out, sq = kernels.add_deltas(base, others, ws, out_dtype=out_dtype, return_sq=True)
+    assert out.dtype == out_dtype
+    assert_rounded_once(out, *deltas_reference(base, others, ws), exact=False)
+    assert_sq(sq, float(((out.double() - base.double()) ** 2).sum()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_deltas_zero_task_vectors_return_base(torch_backend, dtype):
+    base = sample(3001, dtype, 64)
+    for ws in ([0.8], [0.3, 0.7], [0.2, -0.9, 1.7]):
+        assert same_bits(kernels.add_deltas(base, [base.clone() for _ in ws], ws), base)
+    if dtype == torch.float32:  # what the delta form is for: the weighted sum misses it
+        assert not same_bits(kernels.weighted_sum([base, base], [0.2, 0.8]), base)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32),
+                                    (torch.bfloat16, torch.bfloat16),
+                                    (torch.bfloat16, torch.float32)])
+def test_add_deltas_one_term_is_the_lerp(torch_backend, dtypes):
+    a, b = sample(3001, dtypes[0], 65), sample(3001, dtypes[1], 66)
+    for w in (*WEIGHTS, 0.3, 0.7):
+        out, sq = kernels.add_deltas(a, [b], [w], return_sq=True)
+        assert same_bits(out, kernels.lerp(a, b, w))
+        assert float(sq) == pytest.approx(float(((out.double() - a.double()) ** 2).sum()),
+                                          rel=1e-6)
+    assert same_bits(kernels.add_deltas(a, [b], [1.0]), b.to(a.dtype))  # the endpoint, exactly
+
+
+def test_add_deltas_zero_float_weight_drops_the_tensor(torch_backend):
+    base, good = sample(1025, torch.float32, 67), sample(1025, torch.float32, 68)
+    bad = torch.full((1025,), float("nan"))
+    bad[::2] = float("inf")
+    assert same_bits(kernels.add_deltas(base, [bad, good, bad], [0.0, 0.3, 0.0]),
+                     kernels.lerp(base, good, 0.3))
+    assert same_bits(kernels.add_deltas(base, [bad], [0.0]), base)
+    assert same_bits(kernels.add_deltas(base, [], []), base)
+
+
+def test_add_deltas_zero_tensor_weight_is_masked(torch_backend):
+    base, good = sample(1025, torch.float32, 69), sample(1025, torch.float32, 70)
+    bad = torch.full((1025,), float("inf"))
+    out = kernels.add_deltas(base, [bad, good], [torch.tensor(0.0), torch.tensor(0.3)])
+    assert bool(torch.isfinite(out).all())
+    assert_rounded_once(out, *deltas_reference(base, [good], [0.3]), exact=False)
+
+
+def test_add_deltas_sq_measured_before_overwriting_base(torch_backend):
+    for dtype in (torch.bfloat16, torch.float32):
+        base, t1, t2 = (sample(1025, dtype, 71 + i) for i in range(3))
+        want_out, want_sq = kernels.add_deltas(base, [t1, t2], [0.3, 0.4], return_sq=True)
+        _, sq = kernels.add_deltas(base, [t1, t2], [0.3, 0.4], out=base, return_sq=True)
+        assert same_bits(base, want_out) and float(sq) == float(want_sq)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, CHUNK - 1, CHUNK + 1, 2 * CHUNK + 5])
+def test_add_deltas_any_length(torch_backend, n):
+    base = sample(n, torch.bfloat16, 74)
+    others = [sample(n, torch.bfloat16, 75), sample(n, torch.float16, 76)]
+    out, sq = kernels.add_deltas(base, others, [0.25, -0.5], return_sq=True)
+    assert out.shape == (n,)
+    assert_rounded_once(out, *deltas_reference(base, others, [0.25, -0.5]), exact=True)
+    assert_sq(sq, float(((out.double() - base.double()) ** 2).sum()))
+
+
+def test_add_deltas_on_0d_and_2d_tensors(torch_backend):
+    a, b = torch.tensor(1.0, dtype=torch.bfloat16), torch.tensor(3.0)
+    out, sq = kernels.add_deltas(a, [b, b], [0.25, 0.25], return_sq=True)
+    assert out.shape == () and out.dtype == torch.bfloat16 and float(out) == 2.0
+    assert float(sq) == 1.0
+    x = sample(64 * 48, torch.float32, 77).reshape(64, 48)
+    y = sample(64 * 48, torch.float32, 78).reshape(48, 64).t()  # non-contiguous
+    out = kernels.add_deltas(x, [y, x], [0.5, 0.25])
+    assert out.shape == (64, 48)
+    assert_rounded_once(out, *deltas_reference(x, [y.contiguous(), x], [0.5, 0.25]),
+                        exact=False)
 
 
 # ---------------------------------------------------------------- errors
@@ -302,6 +432,10 @@ def test_shape_mismatch_is_a_usage_error(torch_backend):
         kernels.lerp(torch.zeros(3), torch.zeros(4), 0.5)
     with pytest.raises(UsageError, match="one weight per tensor"):
         kernels.weighted_sum([torch.zeros(3)], [0.5, 0.5])
+    with pytest.raises(UsageError, match="same shape"):
+        kernels.add_deltas(torch.zeros(3), [torch.zeros(3), torch.zeros(4)], [0.5, 0.5])
+    with pytest.raises(UsageError, match="one weight per tensor"):
+        kernels.add_deltas(torch.zeros(3), [torch.zeros(3)], [0.5, 0.5])
 
 
 @pytest.mark.parametrize("w", [float("nan"), float("inf"), torch.zeros(2), "0.5"])

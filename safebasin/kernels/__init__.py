@@ -1,8 +1,10 @@
-"""The one place where weights are combined: lerp, in-place lerp, weighted sum, squared distance.
+"""The one place where weights are combined: lerp, weighted sums and deltas, squared distance.
 
 Every function computes in fp32 and rounds once, to nearest-even, into the output dtype; the
 exact sequence of fp32 operations is fixed (see `_common`), so the torch and Triton
-implementations return the same bits. `SAFEBASIN_KERNEL=torch|triton` forces an
+implementations return the same bits for fp32 outputs (on CPU a lerp between 16-bit tensors of
+one dtype is one `torch.lerp` pass, whose FMA may move a near-tie by one 16-bit ulp; see
+`_torch`). `SAFEBASIN_KERNEL=torch|triton` forces an
 implementation; by default Triton serves contiguous CUDA tensors when it imports, and torch
 serves everything else (`backend_for` says which one a call gets).
 
@@ -124,10 +126,58 @@ def weighted_sum(
     return (out, sq) if return_sq else out
 
 
+def add_deltas(
+    base: torch.Tensor,
+    others: Sequence[torch.Tensor],
+    weights: Sequence[Weight],
+    *,
+    out: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    return_sq: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """base + Σ wᵢ·(othersᵢ − base) in fp32, rounded once into `out` (or `out_dtype`).
+
+    The task-arithmetic form of a merge whose coefficients sum to 1 (θ₀ + Σ λᵢ·τᵢ): it returns
+    the base exactly where every other tensor equals it (a zero task vector, frozen weights),
+    which `weighted_sum` with coefficients (1 − Σλ, λ₁, …) does not (up to the sign of a zero
+    result). Zero float weights are dropped, so their tensors may hold anything; with one
+    weight left it computes `lerp(base, other, w)` bit for bit, whose endpoints w = 0 and
+    w = 1 are exact. Tensor weights are not read on the host (no GPU sync): zero ones are
+    masked instead, and the lerp form applies when exactly one other tensor is given.
+
+    Args:
+        base: θ₀, any floating dtype.
+        others: the tensors whose differences from `base` are added (none: a copy of base).
+        weights: one float or 0-d tensor per tensor of `others`, any sign.
+        out: where to write (may alias base); otherwise a new tensor in out_dtype, default
+            base's dtype.
+        return_sq: also return Σ(stored result − base)², a 0-d fp32 tensor: the squared
+            distance to θ₀ of what was written.
+
+    Raises:
+        UsageError: not one weight per tensor, shapes differ, a weight is bad, out disagrees.
+
+    >>> a, b = torch.ones(2, dtype=torch.bfloat16), torch.full((2,), 3.0, dtype=torch.bfloat16)
+    >>> add_deltas(a, [b, a], [0.25, 0.5]).tolist()
+    [1.5, 1.5]
+    """
+    others = list(others)
+    weights = list(weights)
+    if len(others) != len(weights):
+        raise UsageError(f"add_deltas needs one weight per tensor, got {len(others)} tensors "
+                         f"and {len(weights)} weights")
+    weights = [check_weight(w, "add_deltas") for w in weights]
+    _check_shapes("add_deltas", [base, *others])
+    out = _output("add_deltas", base, out, out_dtype)
+    sq = _impl(base, *others, out).add_deltas(base, others, weights, out, return_sq)
+    return (out, sq) if return_sq else out
+
+
 def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ(b − a)² with b − a in fp32, accumulated in fp64, as a 0-d fp32 tensor."""
+    """Σ(b − a)² with b − a in fp32, accumulated in fp64 (see `_common`), as a 0-d fp32
+    tensor."""
     _check_shapes("sq_dist", [a, b])
     return _impl(a, b).sq_dist(a, b)
 
 
-__all__ = ["backend_for", "lerp", "lerp_", "weighted_sum", "sq_dist"]
+__all__ = ["add_deltas", "backend_for", "lerp", "lerp_", "sq_dist", "weighted_sum"]

@@ -1,6 +1,7 @@
-"""What both implementations share, so that they produce the same bits.
+"""What both implementations share, so that they produce the same bits for fp32 outputs.
 
-The numerics contract, in one place (the torch and Triton code follow it step by step):
+The numerics contract, in one place (the torch and Triton code follow it step by step; the one
+exception, a 16-bit lerp on CPU served by `torch.lerp`, is explained in `_torch`):
 
 * every input element is upcast to fp32 exactly;
 * a weight given as a Python float is rounded to fp32 first (a 0-d tensor weight too);
@@ -10,12 +11,21 @@ The numerics contract, in one place (the torch and Triton code follow it step by
   lost);
 * every fp32 operation is a separate, rounded IEEE operation: no fused multiply-add (the
   Triton kernels are compiled with `enable_fp_fusion=False`, the torch code uses no op that
-  may fuse, such as `torch.lerp` or `add(..., alpha=)`);
+  may fuse, such as `torch.lerp` or `add(..., alpha=)`, except in that one exception);
 * a weighted sum starts from -0.0 (the identity of IEEE addition) and adds wᵢ·tᵢ in input
   order; a term whose weight is zero adds -0.0, i.e. nothing, whatever tᵢ holds;
+* deltas x + Σ wᵢ·(yᵢ − x) drop the terms whose weight is zero; one term left is the lerp
+  above (both endpoints exact); with more, each dᵢ = yᵢ − x is rounded to fp32, the products
+  wᵢ·dᵢ are summed in order (from -0.0, as a weighted sum) and x is added last. Every yᵢ equal
+  to x gives x back exactly (dᵢ = 0), which a weighted sum of the same inputs does not
+  promise (up to the sign of a zero: -0.0 + +0.0 is +0.0). Weights given as tensors are not
+  read on the host (that would wait for the GPU), so they are masked instead of dropped: with
+  one tensor given it is the lerp, with more their zero terms add -0.0;
 * the fp32 result is rounded once, to nearest-even, into the output dtype;
-* sums of squares square the fp32 difference in fp64 (exact) and accumulate in fp64, so the
-  fp32 result hardly depends on summation order (block size, thread count, backend).
+* sums of squares: the fp32 difference, squared and summed with fp64 accumulation, so the
+  fp32 result hardly depends on summation order (block size, thread count, backend). The
+  Triton kernels square in fp64 (exact); the torch path on CPU squares and sums each chunk in
+  fp32 (relative error about 1e-7, at half the cost) before accumulating in fp64.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Triton kernels: lerp (out of place and in place), K-input weighted sum, sum of squares.
+"""Triton kernels: lerp (in and out of place), K-input weighted sum, base + weighted deltas,
+sum of squares.
 
 Imported lazily by `safebasin.kernels` only when Triton serves a call. Each kernel reads
 every input once and writes the output once; the optional sum of squares rides in the same
@@ -107,12 +108,18 @@ def _sq_partial(d, mask):
 @triton.jit
 def _lerp_kernel(x_ptr, y_ptr, out_ptr, sq_ptr, w_ptr, c, n,
                  W_FROM_PTR: tl.constexpr, STORE: tl.constexpr, RETURN_SQ: tl.constexpr,
-                 BLOCK: tl.constexpr):
-    """out = x + c·(y − x); partial Σ(y − x)² per program. With W_FROM_PTR, x, y are a, b and
-    (swap, c) is derived from the device weight w here, as `lerp_coefficient` does on the host."""
+                 SQ_OF_STORED: tl.constexpr, BASE_IS_Y: tl.constexpr, BLOCK: tl.constexpr):
+    """out = x + c·(y − x); partial Σ(y − x)² per program, or with SQ_OF_STORED Σ(stored −
+    base)², the base being y if BASE_IS_Y (the host swapped a and b) and x as given otherwise.
+    With W_FROM_PTR, x, y are a, b and (swap, c) is derived from the device weight w here, as
+    `lerp_coefficient` does on the host."""
     offs, mask = _offsets(n, BLOCK)
     x = _load_f32(x_ptr, offs, mask)
     y = _load_f32(y_ptr, offs, mask)
+    if BASE_IS_Y:
+        base = y
+    else:
+        base = x
     if W_FROM_PTR:
         w = tl.load(w_ptr).to(tl.float32)
         small = w < 0.5
@@ -121,8 +128,10 @@ def _lerp_kernel(x_ptr, y_ptr, out_ptr, sq_ptr, w_ptr, c, n,
     d = y - x
     if STORE:
         # zero c returns x itself: exact endpoints, no 0·Inf = NaN, -0.0 kept
-        _store_rounded(out_ptr, offs, mask, tl.where(c == 0.0, x, x + c * d))
-    if RETURN_SQ:
+        stored = _store_rounded(out_ptr, offs, mask, tl.where(c == 0.0, x, x + c * d))
+        if RETURN_SQ and SQ_OF_STORED:
+            tl.store(sq_ptr + tl.program_id(0), _sq_partial(stored - base, mask))
+    if RETURN_SQ and not SQ_OF_STORED:
         tl.store(sq_ptr + tl.program_id(0), _sq_partial(d, mask))
 
 
@@ -174,6 +183,58 @@ def _weighted_sum_kernel(out_ptr, acc_ptr, ref_ptr, sq_ptr, w_ptr,
         tl.store(acc_ptr + offs, acc, mask=mask)
 
 
+@triton.jit
+def _add_delta(acc, base, x_ptr, c, w_ptr, INDEX: tl.constexpr, offs, mask,
+               W_FROM_PTR: tl.constexpr, FIRST: tl.constexpr):
+    if W_FROM_PTR:
+        c = tl.load(w_ptr + INDEX)
+    p = c * (_load_f32(x_ptr, offs, mask) - base)
+    if W_FROM_PTR:  # a zero weight adds -0.0: nothing, even where x is Inf/NaN
+        return acc + tl.where(c != 0.0, p, -0.0)
+    elif FIRST:  # host weights are never zero here: -0.0 + p is p, so start from it
+        return p
+    else:
+        return acc + p
+
+
+@triton.jit
+def _add_deltas_kernel(out_ptr, base_ptr, acc_ptr, sq_ptr, w_ptr,
+                       x0, x1, x2, x3, x4, x5, x6, x7,
+                       c0, c1, c2, c3, c4, c5, c6, c7, n,
+                       K: tl.constexpr, W_FROM_PTR: tl.constexpr, HAS_ACC: tl.constexpr,
+                       FINAL: tl.constexpr, RETURN_SQ: tl.constexpr, BLOCK: tl.constexpr):
+    """acc (fp32, or -0.0) + Σ_{i<K} cᵢ·(xᵢ − base) in order; FINAL rounds base + acc into out
+    and measures Σ(stored − base)², otherwise acc goes back to acc_ptr for the next launch."""
+    offs, mask = _offsets(n, BLOCK)
+    base = _load_f32(base_ptr, offs, mask)  # before the store: out may alias base
+    if HAS_ACC:  # K >= 1 in every launch
+        acc = tl.load(acc_ptr + offs, mask=mask, other=0.0)
+        acc = _add_delta(acc, base, x0, c0, w_ptr, 0, offs, mask, W_FROM_PTR, False)
+    else:
+        acc = tl.full([BLOCK], -0.0, tl.float32)
+        acc = _add_delta(acc, base, x0, c0, w_ptr, 0, offs, mask, W_FROM_PTR, True)
+    if K > 1:
+        acc = _add_delta(acc, base, x1, c1, w_ptr, 1, offs, mask, W_FROM_PTR, False)
+    if K > 2:
+        acc = _add_delta(acc, base, x2, c2, w_ptr, 2, offs, mask, W_FROM_PTR, False)
+    if K > 3:
+        acc = _add_delta(acc, base, x3, c3, w_ptr, 3, offs, mask, W_FROM_PTR, False)
+    if K > 4:
+        acc = _add_delta(acc, base, x4, c4, w_ptr, 4, offs, mask, W_FROM_PTR, False)
+    if K > 5:
+        acc = _add_delta(acc, base, x5, c5, w_ptr, 5, offs, mask, W_FROM_PTR, False)
+    if K > 6:
+        acc = _add_delta(acc, base, x6, c6, w_ptr, 6, offs, mask, W_FROM_PTR, False)
+    if K > 7:
+        acc = _add_delta(acc, base, x7, c7, w_ptr, 7, offs, mask, W_FROM_PTR, False)
+    if FINAL:
+        stored = _store_rounded(out_ptr, offs, mask, base + acc)
+        if RETURN_SQ:
+            tl.store(sq_ptr + tl.program_id(0), _sq_partial(stored - base, mask))
+    else:
+        tl.store(acc_ptr + offs, acc, mask=mask)
+
+
 def _launch(kernel, n: int, config: LaunchConfig, device: torch.device, *args, **meta) -> None:
     grid = (triton.cdiv(n, config.block),)
     if device.type == "cuda":
@@ -192,12 +253,12 @@ def _zero(device: torch.device) -> torch.Tensor:
     return torch.zeros((), dtype=torch.float32, device=device)
 
 
-def lerp(a: torch.Tensor, b: torch.Tensor, w: Weight, out: torch.Tensor | None,
-         return_sq: bool, config: LaunchConfig = DEFAULT) -> torch.Tensor | None:
-    """out ← a + w·(b − a) (out may be a: in place); optionally Σ(b − a)². out=None: sq only."""
+def _lerp(a: torch.Tensor, b: torch.Tensor, w: Weight, out: torch.Tensor | None,
+          return_sq: bool, stored_sq: bool, config: LaunchConfig) -> torch.Tensor | None:
     n, device = a.numel(), a.device
     if n == 0:
         return _zero(device) if return_sq else None
+    swap = False
     if isinstance(w, torch.Tensor) and w.device == device:  # read on the device: no host sync
         x, y, c, wbuf, from_ptr = a, b, 0.0, w.to(torch.float32).reshape(()), True
     else:
@@ -206,8 +267,15 @@ def lerp(a: torch.Tensor, b: torch.Tensor, w: Weight, out: torch.Tensor | None,
         wbuf, from_ptr = a, False  # wbuf unused
     sq = _partials(n, device, config) if return_sq else a  # a: unused placeholder
     _launch(_lerp_kernel, n, config, device, x, y, out if out is not None else a, sq, wbuf, c,
-            n, W_FROM_PTR=from_ptr, STORE=out is not None, RETURN_SQ=return_sq)
+            n, W_FROM_PTR=from_ptr, STORE=out is not None, RETURN_SQ=return_sq,
+            SQ_OF_STORED=stored_sq, BASE_IS_Y=swap)
     return sq.sum().to(torch.float32) if return_sq else None
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, w: Weight, out: torch.Tensor | None,
+         return_sq: bool, config: LaunchConfig = DEFAULT) -> torch.Tensor | None:
+    """out ← a + w·(b − a) (out may be a: in place); optionally Σ(b − a)². out=None: sq only."""
+    return _lerp(a, b, w, out, return_sq, False, config)
 
 
 def sq_dist(a: torch.Tensor, b: torch.Tensor, config: LaunchConfig = DEFAULT) -> torch.Tensor:
@@ -249,6 +317,42 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[Weight],
         cs = cs + [0.0] * (MAX_INPUTS - k)
         final = i == len(starts) - 1
         _launch(_weighted_sum_kernel, n, config, device, out, acc, tensors[0], sq,
+                wbuf[start:] if wbuf is not None else out, *xs, *cs, n, K=k,
+                W_FROM_PTR=wbuf is not None, HAS_ACC=i > 0, FINAL=final,
+                RETURN_SQ=return_sq and final)
+    return sq.sum().to(torch.float32) if return_sq else None
+
+
+def add_deltas(base: torch.Tensor, others: Sequence[torch.Tensor], weights: Sequence[Weight],
+               out: torch.Tensor, return_sq: bool, config: LaunchConfig = DEFAULT
+               ) -> torch.Tensor | None:
+    """out ← base + Σ wᵢ·(othersᵢ − base), chained over launches of MAX_INPUTS inputs through
+    an fp32 buffer; optionally Σ(stored − base)². One term (after dropping host zeros) is the
+    lerp kernel, with its exact endpoints."""
+    n, device = out.numel(), out.device
+    if n == 0:
+        return _zero(device) if return_sq else None
+    if any(isinstance(w, torch.Tensor) for w in weights):  # masked, not dropped (_common)
+        inputs, coeffs = list(others), [0.0] * len(others)
+        wbuf = torch.stack([torch.as_tensor(w, dtype=torch.float32).to(device).reshape(())
+                            for w in weights])
+    else:
+        inputs, coeffs, wbuf = _weights(weights, others, device)
+    if len(inputs) <= 1:  # no term at all is w = 0
+        other, w = ((others[0], weights[0]) if wbuf is not None else
+                    (inputs[0], coeffs[0]) if inputs else (base, 0.0))
+        return _lerp(base, other, w, out, return_sq, True, config)
+    starts = list(range(0, len(inputs), MAX_INPUTS))
+    acc = torch.empty(n, dtype=torch.float32, device=device) if len(starts) > 1 else out
+    sq = _partials(n, device, config) if return_sq else out  # out: unused placeholder
+    for i, start in enumerate(starts):
+        xs = inputs[start:start + MAX_INPUTS]
+        cs = coeffs[start:start + MAX_INPUTS]
+        k = len(xs)
+        xs = xs + [out] * (MAX_INPUTS - k)  # unused slots: any valid pointer
+        cs = cs + [0.0] * (MAX_INPUTS - k)
+        final = i == len(starts) - 1
+        _launch(_add_deltas_kernel, n, config, device, out, base, acc, sq,
                 wbuf[start:] if wbuf is not None else out, *xs, *cs, n, K=k,
                 W_FROM_PTR=wbuf is not None, HAS_ACC=i > 0, FINAL=final,
                 RETURN_SQ=return_sq and final)

@@ -17,8 +17,13 @@ from pathlib import Path
 
 from ..checkpoint import Checkpoint, open_checkpoint, trajectory_folders
 from ..errors import UsageError
-from .coefficients import (ema_coefficients, l2_global_coefficients, l2_per_tensor_coefficients,
-                           lerp_coefficients, task_arithmetic_coefficients)
+from .coefficients import (
+    ema_coefficients,
+    l2_global_coefficients,
+    l2_per_tensor_coefficients,
+    lerp_coefficients,
+    task_arithmetic_coefficients,
+)
 from .distance import tensor_distances
 from .executor import execute
 from .plan import MergeOptions, build_plan

@@ -107,7 +107,10 @@ def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
     The tensors of one chunk stay valid until the next chunk is requested.
     """
     itemsize = max((c.dtype(n).itemsize for c in inputs for n in c.names), default=4)
-    pools = [_BufferPool(_DEPTH + 2, chunk_elems * itemsize) for _ in inputs]
+    # buffers as large as the largest chunk, not chunk_elems: an offline EMA over hundreds of
+    # small checkpoints would otherwise zero-fill (DEPTH + 2) × 16 MB per input
+    largest = min(chunk_elems, max((c.stop - c.start for c in chunks), default=0))
+    pools = [_BufferPool(_DEPTH + 2, max(1, largest) * itemsize) for _ in inputs]
     ready: queue.Queue = queue.Queue(maxsize=_DEPTH)
     stop = threading.Event()
 
