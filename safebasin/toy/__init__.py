@@ -26,7 +26,7 @@ from .files import ToyWorld, build_world, open_world
 from .world import ChatExample, ToyData, ToyWorldConfig, generate, task_answer
 
 if TYPE_CHECKING:
-    from .generate import greedy_responses
+    from .responses import greedy_responses
     from .model import build_model
     from .tokenizer import CHAT_TEMPLATE, build_tokenizer
     from .train import train_theta0
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "CHAT_TEMPLATE": ".tokenizer", "build_tokenizer": ".tokenizer",
-    "build_model": ".model", "train_theta0": ".train", "greedy_responses": ".generate",
+    "build_model": ".model", "train_theta0": ".train", "greedy_responses": ".responses",
     "TaskAccuracy": ".utility", "task_accuracy": ".utility", "task_accuracy_of": ".utility",
 }
 

@@ -26,7 +26,7 @@ from ..baselines import RECORD_NAME, FinetuneConfig
 from ..baselines.runner import finetune
 from .config import Theta0Config
 from .files import ToyWorld, build_world, open_world
-from .generate import greedy_responses
+from .responses import greedy_responses
 from .train import train_theta0
 from .utility import task_accuracy_of
 from .world import ToyWorldConfig

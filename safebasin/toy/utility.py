@@ -13,7 +13,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .files import ToyWorld, open_world
-from .generate import greedy_responses
+from .responses import greedy_responses
 from .world import task_answer
 
 # "the answer is 17 ." and EOS are 6 tokens; a little slack for replies that ramble first
