@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from .. import kernels
 from ..checkpoint import Checkpoint, open_checkpoint
 from .plan import align
-from .stream import chunks_of, read_chunks
+from .stream import chunks_of, one_torch_thread, read_chunks
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,11 @@ def tensor_distances(a: Checkpoint, b: Checkpoint, *, vocab_mismatch: str = "err
     sq = {n: 0.0 for n in names}
     total = sum(math.prod(a.shape(n)) * (a.dtype(n).itemsize + b.dtype(n).itemsize)
                 for n in names if a.dtype(n).is_floating_point)
-    for chunk, (ta, tb) in read_chunks([a, b], chunks):
-        sq[chunk.name] += float(kernels.sq_dist(ta, tb))
-        if progress:
-            progress(ta.nbytes + tb.nbytes, total)
+    with one_torch_thread():
+        for chunk, (ta, tb) in read_chunks([a, b], chunks):
+            sq[chunk.name] += float(kernels.sq_dist(ta, tb))
+            if progress:
+                progress(ta.nbytes + tb.nbytes, total)
     per = {n: math.sqrt(v) for n, v in sq.items()}
     return Distances(math.sqrt(math.fsum(sq.values())), per)
 

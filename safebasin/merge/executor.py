@@ -13,12 +13,11 @@ exact. Coefficients that do not sum to 1 fall back to the plain weighted sum.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ from ..checkpoint import (
 )
 from ..errors import NonFiniteError
 from .plan import MergeOptions, TensorPlan
-from .stream import CHUNK_ELEMS, Fingerprints, chunks_of, read_chunks
+from .stream import CHUNK_ELEMS, Fingerprints, chunks_of, one_torch_thread, read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -119,23 +118,6 @@ class _BackgroundWriter:
         self._writer.abort()
 
 
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Run torch's CPU ops on one thread for the merge, then restore the setting.
-
-    The merge already keeps the cores busy with its reader and writer threads; torch's
-    intra-op threads would fight them, and on a loaded machine every parallel op then waits
-    milliseconds for its OpenMP team (measured on 2 cores at load 4: 41 s for a 135M-shaped
-    lerp with 2 threads, 1.2 s with one).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _nonfinite_error(plan: TensorPlan, inputs: Sequence[Checkpoint],
                      tensors: Sequence[torch.Tensor]) -> NonFiniteError:
     for ckpt, t in zip(inputs, tensors, strict=True):
@@ -192,7 +174,7 @@ def _stream(plans: list[TensorPlan], inputs: Sequence[Checkpoint], writer: Shard
     buffers = _OutputBuffers(_BackgroundWriter.DEPTH + 2, max(1, largest) * itemsize)
     bg = _BackgroundWriter(writer, options.progress, total, buffers)
     try:
-        with _one_torch_thread():
+        with one_torch_thread():
             for chunk, tensors in read_chunks(inputs, chunks, fingerprints=fingerprints):
                 plan = by_name[chunk.name]
                 raw, out = (buffers.get(plan.dtype, chunk.stop - chunk.start) if plan.is_float
