@@ -148,6 +148,23 @@ def snapshot(ref: HubRef) -> tuple[Path, dict]:
     return folder, source
 
 
+def download_file(repo_id: str, filename: str, *, repo_type: str = "dataset") -> Path:
+    """One file of a Hub repo (the default AdvBench prompts), from the cache when offline.
+
+    Raises:
+        HubError: offline and not cached, no network, unknown repo or file.
+    """
+    from huggingface_hub import hf_hub_download
+
+    offline = _offline()
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, cache_dir=_cache_dir(),
+                                    endpoint=_endpoint(), local_files_only=offline))
+    except (OSError, ValueError) as e:  # HTTP, cache and validation errors are both kinds
+        why = "offline and not in the cache" if offline else _one_line(e)
+        raise HubError(f"cannot fetch {filename!r} from {repo_type} {repo_id!r}: {why}") from e
+
+
 # -- the card of a merge on disk -------------------------------------------------------------
 
 

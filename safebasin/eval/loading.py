@@ -37,11 +37,12 @@ def resolve_model_dir(model: str | Path) -> Path:
     if path.is_dir():
         return path
     text = str(model)
-    if path.exists() or text.count("/") != 1 or text.startswith((".", "/")):
-        raise CheckpointNotFoundError(f"model {text!r} is not a model folder or a Hub id")
-    from . import _hub
+    from .. import hub  # the one door to the Hub; imported only for a Hub id
 
-    return _hub.snapshot_model(text)
+    ref = None if path.exists() or text.startswith((".", "/")) else hub.parse_hub_id(text)
+    if ref is None:
+        raise CheckpointNotFoundError(f"model {text!r} is not a model folder or a Hub id")
+    return hub.snapshot(ref)[0]
 
 
 def _weight_files(folder: str | Path) -> list[Path]:

@@ -161,10 +161,10 @@ def advbench_path() -> Path:
     Raises:
         EvaluationError: offline and not cached, or the Hub cannot be reached.
     """
-    from . import _hub
+    from .. import hub
 
     try:
-        return _hub.download_file(ADVBENCH_REPO, ADVBENCH_FILE, repo_type="dataset")
+        return hub.download_file(ADVBENCH_REPO, ADVBENCH_FILE, repo_type="dataset")
     except HubError as e:
         raise EvaluationError(
             f"no prompt file given and the default AdvBench could not be fetched ({e}); pass "

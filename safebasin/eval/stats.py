@@ -39,7 +39,11 @@ def wilson_interval(successes: int, n: int, *, z: float = Z95) -> tuple[float, f
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0/n and n/n the bound is exactly p in real arithmetic; float rounding would leave
+    # 1e-17 on the wrong side of it
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 __all__ = ["wilson_interval", "Z95"]
