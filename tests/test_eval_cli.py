@@ -105,7 +105,8 @@ def test_missing_model_folder(prompts_csv, tmp_path):
 def test_offline_hub_id_not_cached(prompts_csv, tmp_path, empty_hub_cache):
     result = run("eval", "asr", "nobody-here/no-such-model", "--prompts", str(prompts_csv),
                  "-o", str(tmp_path / "out"), *FAST)
-    assert_one_line_error(result, "nobody-here/no-such-model", "not in the Hugging Face cache", "HF_HUB_OFFLINE")
+    assert_one_line_error(result, "nobody-here/no-such-model", "not in the Hugging Face cache",
+                          "HF_HUB_OFFLINE")
 
 
 def test_folder_without_safetensors(chat_model, prompts_csv, tmp_path):

@@ -26,8 +26,8 @@ from .files import ToyWorld, build_world, open_world
 from .world import ChatExample, ToyData, ToyWorldConfig, generate, task_answer
 
 if TYPE_CHECKING:
-    from .responses import greedy_responses
     from .model import build_model
+    from .responses import greedy_responses
     from .tokenizer import CHAT_TEMPLATE, build_tokenizer
     from .train import train_theta0
     from .utility import TaskAccuracy, task_accuracy, task_accuracy_of
