@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import EvaluationError
-from .generation import eval_mode, length_sorted_batches, render_chat, require_chat_template
+from .generation import eval_mode, length_sorted_batches, require_chat_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -67,41 +66,24 @@ def load_conversations(path: str | Path) -> list[list[dict]]:
     return conversations
 
 
-def _assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict],
-                     full: str) -> list[tuple[int, int]]:
-    """Character spans of ``full`` written by assistant turns (content and end-of-turn)."""
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render_chat(tokenizer, messages[:i + 1], add_generation_prompt=False)
-        if not full.startswith(upto):
-            raise EvaluationError("the chat template renders earlier turns differently once "
-                                  "later ones follow; assistant tokens cannot be located")
-        # Normally `before` (up to the generation prompt) is a prefix of `upto`; some templates
-        # render the generation prompt differently, so the span starts where they part.
-        spans.append((len(os.path.commonprefix([before, upto])), len(upto)))
-    return spans
-
-
 def encode_conversation(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict]
 ) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation and, for each token, whether it is scored.
 
-    A token is scored when its first character lies in an assistant span. Needs a fast
-    tokenizer (character offsets).
+    Scored tokens are exactly those fine-tuning trains on (`baselines.chat_data.encode_chat`:
+    each assistant reply and its end-of-turn marker), so the utility loss measures the same
+    objective the fine-tune minimised.
     """
+    from ..baselines.chat_data import IGNORE_INDEX, encode_chat
+    from ..errors import DataFormatError
+
     require_chat_template(tokenizer)
-    if not getattr(tokenizer, "is_fast", False):
-        raise EvaluationError("utility loss needs a fast tokenizer (tokenizer.json) for "
-                              "character offsets")
-    full = render_chat(tokenizer, messages, add_generation_prompt=False)
-    spans = _assistant_spans(tokenizer, messages, full)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    scored = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
-    return enc["input_ids"], scored
+    try:
+        enc = encode_chat(tokenizer, messages)
+    except DataFormatError as e:
+        raise EvaluationError(str(e)) from None
+    return list(enc.input_ids), [label != IGNORE_INDEX for label in enc.labels]
 
 
 @dataclass(frozen=True)
