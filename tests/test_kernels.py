@@ -498,3 +498,27 @@ def test_import_does_not_import_triton():
             "0.5); k.backend_for(torch.zeros(3)); assert 'triton' not in sys.modules")
     env = {k: v for k, v in os.environ.items() if k != "SAFEBASIN_KERNEL"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_lerp_many_matches_float64_reference_and_mixed_dtypes_fall_back():
+    """The multi-tensor EMA update: fp32 pairs fused (FMA allowed), a bf16 input with an fp32
+    shadow through `lerp_`; both within the fp32 error bound of s + w(x − s): two roundings of
+    the larger of |s| and |w(x − s)|."""
+    g = torch.Generator().manual_seed(7)
+    shadows = [torch.randn(n, generator=g) for n in (1, 33, 4097)]
+    xs = [torch.randn(1, generator=g), torch.randn(33, generator=g),
+          torch.randn(4097, generator=g).to(torch.bfloat16)]
+    w = float(torch.tensor(0.01, dtype=torch.float32))  # the fp32 weight the kernels use
+    refs = [s.double() + w * (x.double() - s.double())
+            for s, x in zip(shadows, xs, strict=True)]
+    bounds = [2.0**-22 * (s.double().abs() + w * (x.double() - s.double()).abs())
+              for s, x in zip(shadows, xs, strict=True)]
+    kernels.lerp_many_(shadows, xs, 0.01)
+    for s, r, bound in zip(shadows, refs, bounds, strict=True):
+        assert s.dtype == torch.float32
+        assert bool(((s.double() - r).abs() <= bound).all())
+
+
+def test_lerp_many_refuses_unequal_lists():
+    with pytest.raises(UsageError, match="3 tensors to update but 2 inputs"):
+        kernels.lerp_many_([torch.zeros(1)] * 3, [torch.zeros(1)] * 2, 0.5)

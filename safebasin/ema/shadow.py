@@ -24,6 +24,8 @@ import torch
 from .. import kernels
 
 KINDS = ("fp32", "delta")
+# x tensors held at once: copies made for a CPU shadow of a GPU model stay bounded
+_GROUP_BYTES = 64 << 20
 _CHUNK = 1 << 20  # elements (4 MiB of fp32 scratch) per x − θ₀ step of the delta update
 
 
@@ -31,14 +33,20 @@ def lerp_many_(shadows: Sequence[torch.Tensor], xs: Iterable[torch.Tensor], eta:
     """s ← s + η(x − s) for each pair (fp32 shadows; x in any float dtype, same device).
 
     `xs` may be an iterator, so that each x (a host copy, a concatenation) exists only while
-    it is used.
-
-    A loop over `kernels.lerp_`, not `torch._foreach_lerp_`: that refuses mixed dtypes (a bf16
-    model with an fp32 shadow) and, on CPU, is a per-tensor loop too. On CUDA a multi-tensor
-    kernel would save launches. TODO(#3): `kernels.lerp_many_` once kernels/ has one.
+    it is used: pairs go to `kernels.lerp_many_` in groups of at most `_GROUP_BYTES` of x.
     """
+    group_s: list[torch.Tensor] = []
+    group_x: list[torch.Tensor] = []
+    held = 0
     for s, x in zip(shadows, xs, strict=True):
-        kernels.lerp_(s, x, eta)
+        group_s.append(s)
+        group_x.append(x)
+        held += x.numel() * x.element_size()
+        if held >= _GROUP_BYTES:
+            kernels.lerp_many_(group_s, group_x, eta)
+            group_s, group_x, held = [], [], 0
+    if group_s:
+        kernels.lerp_many_(group_s, group_x, eta)
 
 
 def delta_update_(deltas: Sequence[torch.Tensor], xs: Iterable[torch.Tensor],

@@ -97,6 +97,32 @@ def lerp_(
     return (a, sq) if return_sq else a
 
 
+def lerp_many_(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], w: float) -> None:
+    """In place, pair by pair: aᵢ ← aᵢ + w·(bᵢ − aᵢ) (the online EMA's update, one call).
+
+    CPU tensors that are all fp32 go through `torch._foreach_lerp_`: one fused pass per tensor,
+    fp32 math with a fused multiply-add where the CPU has one, so a result may differ from
+    `lerp_` in the last fp32 bit (the bit-for-bit promise between backends covers merge
+    outputs, not EMA shadows). Anything else (a bf16 model with an fp32 shadow, CUDA) goes
+    through `lerp_` pair by pair, which keeps the Triton numerics.
+    """
+    if len(a) != len(b):
+        raise UsageError(f"lerp_many_: {len(a)} tensors to update but {len(b)} inputs")
+    w = check_weight(w, "lerp_many_")
+    fused = [i for i, (x, y) in enumerate(zip(a, b, strict=True))
+             if x.device.type == "cpu" and y.device.type == "cpu"
+             and x.dtype == y.dtype == torch.float32 and x.shape == y.shape]
+    if fused and backend_for(a[fused[0]]) == "torch":
+        torch._foreach_lerp_([a[i] for i in fused], [b[i] for i in fused],
+                             float(w) if not isinstance(w, torch.Tensor) else w)
+    else:
+        fused = []
+    done = set(fused)
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if i not in done:
+            lerp_(x, y, w)
+
+
 def weighted_sum(
     tensors: Sequence[torch.Tensor],
     weights: Sequence[Weight],
@@ -180,4 +206,4 @@ def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _impl(a, b).sq_dist(a, b)
 
 
-__all__ = ["add_deltas", "backend_for", "lerp", "lerp_", "sq_dist", "weighted_sum"]
+__all__ = ["add_deltas", "backend_for", "lerp", "lerp_", "lerp_many_", "sq_dist", "weighted_sum"]
