@@ -5,7 +5,8 @@ CPU), which dominates for small tensors: a toy Llama's 29 tensors would spend mo
 call overhead than in arithmetic, as would the 61 norm vectors of a 30-layer model. Small
 tensors of one device and dtype therefore share one flat shadow (each name gets a view of it),
 and their incoming weights are concatenated into one flat tensor per update. Large tensors keep
-a shadow of their own. TODO(#3): drop this once `kernels` has a multi-tensor entry point.
+a shadow of their own. `kernels.lerp_many_` batches the fp32 CPU case, but the mixed-dtype
+and delta paths still make one call per slot, so packing stays.
 """
 
 from __future__ import annotations
