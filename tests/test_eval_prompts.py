@@ -60,6 +60,16 @@ def test_jsonl_prompt_column_is_detected(tmp_path):
     assert [p.text for p in load_prompts(f)] == ["q0", "q1", "q2"]
 
 
+def test_parquet_prompt_column_is_detected(tmp_path):
+    """The Hub's AdvBench (walledai/AdvBench) is a Parquet file with a `prompt` column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"], "target": ["x", "y"]}), f)
+    assert [p.text for p in load_prompts(f)] == ["a", "b"]
+
+
 def test_txt_is_one_prompt_a_line(tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("first\n\nsecond\n", encoding="utf-8")
