@@ -560,7 +560,14 @@ def verify(folder, quiet):
 
 
 def main() -> None:
-    cli(prog_name="safebasin")
+    try:
+        cli(prog_name="safebasin")
+    finally:
+        # Everything is written and fsynced by now; freezing the heap spares the interpreter's
+        # final collection walking torch's object graph (0.3-0.4 s measured on this CPU).
+        import gc
+
+        gc.freeze()
 
 
 if __name__ == "__main__":
