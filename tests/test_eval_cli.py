@@ -174,7 +174,7 @@ def test_utility_malformed_chat_data(chat_model, tmp_path, line, fragment):
     f.write_text(json.dumps(ok) + "\n" + line + "\n", encoding="utf-8")
     result = run("eval", "utility", str(chat_model), "--data", str(f), "-o",
                  str(tmp_path / "out"), *FAST)
-    assert_one_line_error(result, "line 2", fragment)
+    assert_one_line_error(result, "chat.jsonl:2", fragment)
 
 
 def test_utility_xstest_file_without_label_column(chat_model, tmp_path):

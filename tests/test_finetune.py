@@ -125,7 +125,7 @@ def test_collator_pads_right_with_ignored_labels():
 
 
 @pytest.mark.parametrize("line, fragment", [
-    ("not json", "not JSON"),
+    ("not json", "not valid JSON"),
     ('{"text": "hi"}', "messages"),
     ('{"messages": [{"role": "bot", "content": "hi"}]}', "role"),
     ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant"),

@@ -29,8 +29,13 @@ Message = dict[str, str]
 _ROLES = {"system", "user", "assistant"}
 
 
-def _check_conversation(obj: object, where: str) -> list[Message]:
-    messages = obj.get("messages") if isinstance(obj, dict) else None
+def check_messages(messages: object, where: str) -> list[Message]:
+    """One conversation's messages, validated (fine-tuning and the utility loss share this).
+
+    Raises:
+        DataFormatError: not a non-empty list, a bad role or content, starts with the
+            assistant, or has no assistant turn.
+    """
     if not isinstance(messages, list) or not messages:
         raise DataFormatError(f'{where}: expected {{"messages": [...]}} with at least one message')
     for m in messages:
@@ -44,6 +49,12 @@ def _check_conversation(obj: object, where: str) -> list[Message]:
     if not any(m["role"] == "assistant" for m in messages):
         raise DataFormatError(f"{where}: no assistant message, so nothing to train on")
     return messages
+
+
+def _check_conversation(obj: object, where: str) -> list[Message]:
+    if not isinstance(obj, dict):
+        raise DataFormatError(f'{where}: not a JSON object with "messages"')
+    return check_messages(obj.get("messages"), where)
 
 
 def read_chat_jsonl(path: str | Path) -> list[list[Message]]:
@@ -66,7 +77,7 @@ def read_chat_jsonl(path: str | Path) -> list[list[Message]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{n}: not JSON ({e.msg})") from e
+                raise DataFormatError(f"{path}:{n}: not valid JSON ({e.msg})") from e
             conversations.append(_check_conversation(obj, f"{path}:{n}"))
     if not conversations:
         raise DataFormatError(f"chat data {str(path)!r} has no conversation")

@@ -8,7 +8,6 @@ end-of-turn marker included (the model must learn to stop). Prompts and system t
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,47 +22,21 @@ from .generation import eval_mode, length_sorted_batches, require_chat_template
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-_ROLES = {"system", "user", "assistant"}
-
-
-def _check_messages(messages: object, where: str) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise EvaluationError(f"{where}: 'messages' must be a non-empty list")
-    for m in messages:
-        if (not isinstance(m, dict) or m.get("role") not in _ROLES
-                or not isinstance(m.get("content"), str)):
-            raise EvaluationError(f"{where}: each message needs a role in {sorted(_ROLES)} and a "
-                                  f"text content, got {str(m)[:80]!r}")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise EvaluationError(f"{where}: no assistant message to score")
-    return messages
 
 
 def load_conversations(path: str | Path) -> list[list[dict]]:
     """Conversations from JSONL, one ``{"messages": [{"role": ..., "content": ...}]}`` a line.
 
+    The same reader and checks as fine-tuning (`baselines.chat_data.read_chat_jsonl`), so a
+    file that trains also evaluates.
+
     Raises:
-        EvaluationError: missing file, invalid JSON, a line without assistant messages.
+        DataNotFoundError: missing file.
+        DataFormatError: invalid JSON, unknown roles, a line without assistant messages.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"chat data file {str(path)!r} not found")
-    conversations = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"line {number} of {str(path)!r}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvaluationError(f"{where} is not valid JSON: {e.msg}") from e
-            if not isinstance(row, dict):
-                raise EvaluationError(f"{where} is not a JSON object with 'messages'")
-            conversations.append(_check_messages(row.get("messages"), where))
-    if not conversations:
-        raise EvaluationError(f"chat data file {str(path)!r} has no conversations")
-    return conversations
+    from ..baselines.chat_data import read_chat_jsonl
+
+    return read_chat_jsonl(path)
 
 
 def encode_conversation(
@@ -182,7 +155,9 @@ def evaluate_utility_loss(
     if not conversations:
         raise EvaluationError("no conversations to score")
     labels = list(indices) if indices is not None else list(range(len(conversations)))
-    encoded = [encode_conversation(tokenizer, _check_messages(m, f"conversation {i}"))
+    from ..baselines.chat_data import check_messages
+
+    encoded = [encode_conversation(tokenizer, check_messages(m, f"conversation {i}"))
                for i, m in zip(labels, conversations, strict=True)]
     if max_length is not None:
         encoded = [(ids[:max_length], s[:max_length]) for ids, s in encoded]
