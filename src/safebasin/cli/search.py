@@ -1,0 +1,3 @@
+"""`safebasin tune` and `safebasin landscape`."""
+
+from __future__ import annotations
