@@ -6,9 +6,9 @@ per-step Python overhead dominates, as it does for small models on a GPU. Target
 
     python benchmarks/eval_speed.py [--prompts 64] [--new-tokens 32] [--repeats 3]
 
-Prompts are the first N of ../shared/data/advbench_harmful_behaviors.csv when present, else
-synthetic ones of similar length. Every response runs to --new-tokens (a random model rarely
-emits EOS), so both settings generate the same number of tokens.
+Prompts are the first N (at most 520) of AdvBench, the copy shipped in the package. Every
+response runs to --new-tokens (a random model rarely emits EOS), so both settings generate the
+same number of tokens.
 """
 
 from __future__ import annotations
@@ -27,17 +27,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.conftest builds the tiny chat model
 
+from safebasin.chat import load_model, load_tokenizer  # noqa: E402
 from safebasin.eval import GenerationSettings, generate_responses, load_prompts  # noqa: E402
-from safebasin.eval.loading import load_model, load_tokenizer  # noqa: E402
-from tests.conftest import SHARED_DATA, make_chat_model  # noqa: E402
+from tests.conftest import make_chat_model  # noqa: E402
 
 
 def _prompts(n: int) -> list[str]:
-    path = SHARED_DATA / "advbench_harmful_behaviors.csv"
-    if path.is_file():
-        return [p.text for p in load_prompts(path)[:n]]
-    return [f"Write a detailed tutorial on topic number {i} " + "with many steps " * (i % 4)
-            for i in range(n)]
+    return [p.text for p in load_prompts("advbench")[:n]]
 
 
 def _rate(model, tokenizer, prompts: list[str], settings: GenerationSettings,

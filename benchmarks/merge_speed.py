@@ -7,11 +7,15 @@ SmolLM2-135M), then prints, as the median of several runs:
     every CLI merge's wall time that no merge engine removes;
   * `safebasin merge lerp` wall time, ratio to the floor, GB/s over input bytes, peak RSS;
   * offline `safebasin merge ema` over K checkpoints against the floor of reading K+1 inputs;
-  * optionally mergekit's task_arithmetic on the same pair (`--mergekit PATH/mergekit-yaml`).
+  * optionally mergekit's task_arithmetic on the same pair (`--mergekit PATH/mergekit-yaml`);
+  * with `--methods ties,slerp,...`: the non-linear methods, each against the floor of its
+    own inputs (one pass over the data, or two for methods with a statistics pass: target
+    1.2x and 2x the floor), with mergekit's same method beside it when `--mergekit` is given.
 Each merge runs in a fresh subprocess so that peak RSS is its own.
 
     python benchmarks/merge_speed.py                 # full: 1.2B pair + 135M pair + EMA K=4
     python benchmarks/merge_speed.py --quick         # 135M shapes only
+    python benchmarks/merge_speed.py --shapes llama-3.2-1b --methods all --ema-k 0
 """
 
 from __future__ import annotations
@@ -38,6 +42,24 @@ SHAPES = {
                          tied=True, shards=3),
     "smollm2-135m": dict(vocab=49152, hidden=576, layers=30, inter=1536, heads=9, kv=3,
                          tied=True, shards=1),
+    "llama-3.1-8b": dict(vocab=128256, hidden=4096, layers=32, inter=14336, heads=32, kv=8,
+                         tied=False, shards=4),
+}
+
+# method: (safebasin arguments, mergekit method, its per-model and global parameters,
+#          fine-tunes it merges, passes over the inputs it needs)
+METHODS = {
+    "ties": (["--density", "0.2"], "ties", {"weight": 1.0, "density": 0.2}, {}, 1, 2),
+    "dare-linear": (["--density", "0.2", "--seed", "0"], "dare_linear",
+                    {"weight": 1.0, "density": 0.2}, {"rescale": False}, 1, 1),
+    "dare-ties": (["--density", "0.2", "--seed", "0"], "dare_ties",
+                  {"weight": 1.0, "density": 0.2}, {"rescale": False}, 1, 1),
+    "breadcrumbs": (["--density", "0.2", "--gamma", "0.01"], "breadcrumbs",
+                    {"weight": 1.0, "density": 0.2, "gamma": 0.01}, {}, 1, 2),
+    "breadcrumbs-ties": (["--density", "0.2", "--gamma", "0.01"], "breadcrumbs_ties",
+                         {"weight": 1.0, "density": 0.2, "gamma": 0.01}, {}, 1, 2),
+    "slerp": (["--t", "0.3"], "slerp", {}, {"t": 0.3}, 1, 2),
+    "model-stock": ([], "model_stock", {}, {}, 2, 2),
 }
 
 
@@ -134,6 +156,60 @@ def mergekit_cmd(exe: str, base: Path, ft: Path, root: Path, out: Path) -> list[
     return [exe, str(cfg), str(out), "--no-lazy-unpickle", "--no-copy-tokenizer", "--quiet"]
 
 
+def mergekit_method_cmd(exe: str, method: str, base: Path, fts: list[Path], root: Path,
+                        out: Path) -> list[str]:
+    """The same merge as mergekit runs it, computing in bf16 (its usual setting)."""
+    _, name, per_model, global_, _, _ = METHODS[method]
+    models = "".join(f"  - model: {f}\n" + (f"    parameters: {json.dumps(per_model)}\n"
+                                            if per_model else "") for f in fts)
+    cfg = root / f"mergekit-{method}.yml"
+    cfg.write_text(f"merge_method: {name}\nbase_model: {base}\nmodels:\n  - model: {base}\n"
+                   f"{models}parameters: {json.dumps(global_)}\ndtype: bfloat16\n")
+    return [exe, str(cfg), str(out), "--no-lazy-unpickle", "--no-copy-tokenizer", "--quiet",
+            "--no-write-model-card"]
+
+
+def bench_methods(name: str, work: Path, runs: int, mergekit: str | None,
+                  methods: list[str]) -> None:
+    """Each non-linear method against the floor of its own inputs, mergekit beside it."""
+    root = work / name
+    cks = [root / f"ckpt{i}" for i in range(3)]
+    for i, c in enumerate(cks):
+        if not c.exists():
+            make_checkpoint(c, SHAPES[name], seed=i)
+    nbytes = sum(f.stat().st_size for f in cks[0].glob("*.safetensors"))
+    out, mk_out = root / "out", root / "mk_out"
+    sb = [sys.executable, "-m", "safebasin", "merge"]
+    print(f"{name}: non-linear methods ({load()})")
+    for method in methods:
+        args, _, _, _, k, passes = METHODS[method]
+        inputs = cks[: k + 1]
+        warm(inputs)
+        floors, walls, mks = [], [], []
+        for _ in range(runs):
+            floors.append(io_floor(inputs, nbytes, root / "dd.tmp"))
+            shutil.rmtree(out, ignore_errors=True)
+            walls.append(timed([*sb, method, *map(str, inputs), "-o", str(out), *args, "-q"]))
+            if mergekit:
+                shutil.rmtree(mk_out, ignore_errors=True)
+                mks.append(timed(mergekit_method_cmd(mergekit, method, inputs[0], inputs[1:],
+                                                     root, mk_out)))
+        floor = statistics.median(floors)
+        w = statistics.median(x for x, _ in walls)
+        target = 1.2 if passes == 1 else 2.0
+        verdict = "within" if w <= target * floor else "OVER"
+        print(f"  I/O floor (read {k + 1}, write+fsync 1)            {floor:6.2f} s   "
+              f"runs {fmt(floors)}")
+        print(row(f"safebasin merge {method} ({passes}-pass)", [x for x, _ in walls], floor,
+                  f"peak RSS {max(r for _, r in walls):.0f} MiB   {verdict} "
+                  f"{target}x   "))
+        if mergekit:
+            print(row(f"mergekit {METHODS[method][1]} (bf16)", [x for x, _ in mks], floor,
+                      f"peak RSS {max(r for _, r in mks):.0f} MiB   "))
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(mk_out, ignore_errors=True)
+
+
 def row(label: str, walls: list[float], floor: float, extra: str = "") -> str:
     w = statistics.median(walls)
     return (f"  {label:44s} {w:6.2f} s   ratio {w / floor:.2f}x   {extra}runs {fmt(walls)}")
@@ -150,7 +226,7 @@ def bench_pair(name: str, work: Path, runs: int, mergekit: str | None, ema_k: in
     base, ft = cks[0], cks[1]
     nbytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
     out, mk_out = root / "out", root / "mk_out"
-    sb = [sys.executable, "-m", "safebasin.cli", "merge"]
+    sb = [sys.executable, "-m", "safebasin", "merge"]
     print(f"{name}: {nbytes / 1e9:.2f} GB per checkpoint ({load()})")
     warm(cks[: ema_k + 1] if ema_k else [base, ft])
 
@@ -204,16 +280,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="135M shapes only")
     ap.add_argument("--ema-k", type=int, default=4)
     ap.add_argument("--mergekit", help="path to a mergekit-yaml executable (own venv)")
+    ap.add_argument("--shapes", help=f"comma-separated subset of {', '.join(SHAPES)}")
+    ap.add_argument("--methods", default="",
+                    help=f"non-linear methods to time, comma-separated, or all: "
+                         f"{', '.join(METHODS)}")
+    ap.add_argument("--no-lerp", action="store_true", help="skip the lerp/EMA section")
     args = ap.parse_args()
+    methods = list(METHODS) if args.methods == "all" else [
+        m for m in args.methods.split(",") if m]
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.platform()}, "
           f"python {platform.python_version()}, torch {torch.__version__}; "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="safebasin-bench-"))
     try:
         names = ["smollm2-135m"] if args.quick else ["smollm2-135m", "llama-3.2-1b"]
+        names = args.shapes.split(",") if args.shapes else names
         for name in names:
-            bench_pair(name, work, args.runs, args.mergekit,
-                       args.ema_k if (name != "smollm2-135m" or args.quick) else 0)
+            if not args.no_lerp:
+                bench_pair(name, work, args.runs, args.mergekit,
+                           args.ema_k if (name != "smollm2-135m" or args.quick) else 0)
+            if methods:
+                bench_methods(name, work, args.runs, args.mergekit, methods)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -11,4 +11,13 @@ __version__ = "0.1.0"
 
 from .errors import SafebasinError
 
-__all__ = ["__version__", "SafebasinError"]
+__all__ = ["__version__", "SafebasinError", "tune", "landscape"]
+
+
+def __getattr__(name: str):
+    # lazy: `import safebasin` must stay light (no torch or transformers until asked for)
+    if name in ("tune", "landscape"):
+        from . import search
+
+        return getattr(search, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

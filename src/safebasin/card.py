@@ -1,36 +1,26 @@
 """The model card (`README.md`) of a merge: what was merged, how, how far it moved, how it scored.
 
-Rendering is a pure function of the recipe (`safebasin_recipe.json`) and the evaluation results,
-so the merge executor, `safebasin card OUT` and `safebasin push` all write the same card.
-
-Evaluation results convention: a result folder is one holding `summary.json`, as written by
-`safebasin eval asr` / `eval utility` (`safebasin.eval.runs`). A merge's results live beside its
-weights, under `OUT/eval/<name>/summary.json` (for example `safebasin eval asr OUT -o
-OUT/eval/asr`), so the evidence travels with the model and `safebasin push` finds it; more
-folders can be named with `safebasin card --eval DIR` (a result folder, or a folder of them).
-
-License: carried from the base model's own card, the `license` (and `license_name`,
-`license_link`) keys of the YAML front matter of θ₀'s `README.md`, which is where the Hub keeps
-it and which a Hub snapshot includes. Neither config.json nor safetensors metadata records one.
+Pure rendering: a function of the recipe (`safebasin_recipe.json`, as a dict) and the evaluation
+results (`EvalResult`, a view of a `summary.json`), reading no file, so the merge executor,
+`safebasin card OUT` and `safebasin push` all write the same card. `safebasin.publish` reads the
+results; `checkpoint.base_license` reads θ₀'s licence into the recipe at merge time.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from .errors import CheckpointFormatError
+from .checkpoint.license import CARD_FILE
+from .checkpoint.writer import DEFAULT_SHARD_SIZE  # omitted from the reproduce command
 
-CARD_FILE = "README.md"
 EVAL_DIR = "eval"
 SUMMARY_FILE = "summary.json"
-DEFAULT_SHARD_SIZE = 5 * 10**9  # the CLI's default --shard-size, omitted from commands
-_LICENSE_KEYS = ("license", "license_name", "license_link")
 _TOP_DISTANCES = 5
 _MATCH_MODES = {"substring": "matched as case-sensitive substrings",
                 "prefix": "the lower-cased response starts with one"}
@@ -141,64 +131,6 @@ class EvalResult:
         return rows
 
 
-def read_eval_result(folder: str | Path) -> EvalResult:
-    """Read `folder/summary.json`.
-
-    Raises:
-        CheckpointFormatError: missing, malformed, or not a JSON object.
-    """
-    path = Path(folder) / SUMMARY_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointFormatError(f"{path}: cannot read evaluation summary ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointFormatError(f"{path}: evaluation summary is not a JSON object")
-    return EvalResult(Path(folder), data)
-
-
-def find_eval_results(out: str | Path, extra: Iterable[str | Path] = ()) -> list[EvalResult]:
-    """Result folders under `OUT/eval/`, then those in `extra`, each read once, in order.
-
-    Raises:
-        CheckpointFormatError: an `extra` folder without results, an unreadable summary.
-    """
-    found: list[Path] = []
-    default = Path(out) / EVAL_DIR
-    for root in [default, *map(Path, extra)]:
-        here = [root] if (root / SUMMARY_FILE).is_file() else sorted(
-            p.parent for p in root.glob(f"*/{SUMMARY_FILE}"))
-        if not here and root != default:  # asked for explicitly: say so
-            raise CheckpointFormatError(f"{root}: no {SUMMARY_FILE} here or in its subfolders")
-        found += here
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return [read_eval_result(p) for p in unique]
-
-
-def base_license(folder: str | Path) -> dict:
-    """`license` (and `license_name`, `license_link`) from the front matter of θ₀'s README.md.
-
-    Returns {} when there is no card or it names no license (a card we cannot parse included).
-    """
-    meta = _front_matter(Path(folder) / CARD_FILE) if Path(folder).is_dir() else {}
-    return {k: meta[k] for k in _LICENSE_KEYS if isinstance(meta.get(k), str)}
-
-
-def _front_matter(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, ValueError):
-        return {}
-    if not text.startswith("---"):
-        return {}
-    head, sep, _ = text[3:].partition("\n---")
-    try:
-        meta = yaml.safe_load(head) if sep else None
-    except yaml.YAMLError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 # -- rendering -------------------------------------------------------------------------------
 
 _TITLES = {"lerp": "linear interpolation (WiSE-FT)", "task-arithmetic": "task arithmetic",
@@ -216,7 +148,7 @@ def _formula(recipe: dict) -> list[str]:
         return ["θ = θ₀ + α·(θ_ft − θ₀)", "", f"α = {p.get('alpha')}"]
     if m == "task-arithmetic":
         return ["θ = θ₀ + Σᵢ λᵢ·(θᵢ − θ₀)", "", f"λ = {p.get('scales')}"]
-    if m == "ema":
+    if m == "ema" and p.get("sigma_rel") is None:  # else: the power profile's own
         return ["θ̄ₖ = (1 − η)·θ̄ₖ₋₁ + η·θₖ, θ̄₀ = θ₀; over K checkpoints in closed form "
                 "θ̄_K = (1 − η)^K·θ₀ + Σₖ η(1 − η)^(K−k)·θₖ", "",
                 f"η = {p.get('eta')}, K = {p.get('num_checkpoints')}"]
@@ -232,6 +164,9 @@ def _formula(recipe: dict) -> list[str]:
                          if p.get("radius") is not None and p.get("distance_finetuned")
                          is not None else f"r = {p.get('radius')}")
         return lines
+    if recipe.get("formula"):  # non-linear methods state their own (see merge.api.Planned)
+        return [recipe["formula"], "",
+                ", ".join(f"{k} = {v}" for k, v in p.items() if not isinstance(v, dict))]
     return ["θ = Σᵢ cᵢ·θᵢ (per tensor)"]
 
 
@@ -249,10 +184,13 @@ def reproduce_command(recipe: dict, *, output_name: str = "OUT") -> str:
     specs = [_input_spec(e) for e in recipe["inputs"]]
     args = ["safebasin", "merge", m, *specs]
     if m == "lerp":
-        args += ["--alpha", repr(p.get("alpha"))]
+        alpha = p.get("alpha")
+        args += ["--alpha", repr(alpha)]
+        if isinstance(alpha, (int, float)) and not 0 <= alpha <= 1:
+            args.append("--extrapolate")
     elif m == "task-arithmetic":
         args += ["--scales", ",".join(repr(s) for s in p.get("scales", []))]
-    elif m == "ema":
+    elif m == "ema" and p.get("sigma_rel") is None:
         args += ["--eta", repr(p.get("eta"))]
     elif m == "l2-project":
         if p.get("match"):
@@ -261,6 +199,8 @@ def reproduce_command(recipe: dict, *, output_name: str = "OUT") -> str:
             args += ["--per-tensor"] if p.get("per_tensor") else []
         else:
             args += ["--radius", repr(p.get("radius"))]
+    else:  # other methods record their own flags (see merge.api.Planned)
+        args += list(recipe.get("cli_args", []))
     args += ["-o", output_name]
     if opts.get("dtype", "auto") != "auto":
         args += ["--dtype", opts["dtype"]]
@@ -379,7 +319,7 @@ def render_card(recipe: dict, *, evals: Sequence[EvalResult] = (), output_name: 
 
     Args:
         recipe: the merge's `safebasin_recipe.json` content.
-        evals: evaluation results to report (see `find_eval_results`).
+        evals: evaluation results to report (see `publish.find_eval_results`).
         output_name: the model's repo name, for the title and commands; None (a merge's own
             card): "OUT", so that the same merge gives the same bytes whatever the folder.
         base_model: the Hub id of θ₀ when it was given as a local folder (the Hub rejects a
@@ -398,8 +338,8 @@ def render_card(recipe: dict, *, evals: Sequence[EvalResult] = (), output_name: 
         "dtype.", "",
         "## Method", "", *_formula(recipe), "",
         "## Inputs", "", *_inputs_table(recipe), "",
-        "## Coefficients", "", "Each output tensor is Σᵢ cᵢ·θᵢ.", "", *_coefficients(recipe),
-        "",
+        *(["## Coefficients", "", "Each output tensor is Σᵢ cᵢ·θᵢ.", "",
+           *_coefficients(recipe), ""] if "coefficients" in recipe else []),
         "## Distance to θ₀", "", *_distances(recipe), "",
         "## Evaluation", "", *_evaluation(evals, output_name), "",
         "## Reproduce", "", "```bash", reproduce_command(recipe, output_name=output_name),
@@ -410,6 +350,5 @@ def render_card(recipe: dict, *, evals: Sequence[EvalResult] = (), output_name: 
     return f"---\n{meta}---\n\n" + "\n".join(body)
 
 
-__all__ = ["CARD_FILE", "EVAL_DIR", "SUMMARY_FILE", "EvalResult", "EvalRow", "base_license",
-           "card_metadata", "find_eval_results", "read_eval_result", "render_card",
-           "reproduce_command"]
+__all__ = ["CARD_FILE", "EVAL_DIR", "SUMMARY_FILE", "EvalResult", "EvalRow", "card_metadata",
+           "render_card", "reproduce_command"]

@@ -81,6 +81,34 @@ class VerificationError(SafebasinError):
     exit_code = 1
 
 
+class ReproducibilityError(SafebasinError, RuntimeError):
+    """Reproducible mode asked for where the CPU code paths can no longer be pinned."""
+
+
+class LimitUnreachableError(SafebasinError, ValueError):
+    """`safebasin tune`: θ₀ itself is above the ASR limit, or no coefficient above 0 meets it."""
+
+
+class MissingExtraError(SafebasinError, ImportError):
+    """An optional engine (Ray, submitit) asked for but not installed; names the extra."""
+
+
+class PointsFailedError(SafebasinError, RuntimeError):
+    """Points that raised on a Ray or SLURM worker; finished points stay cached for a rerun.
+
+    Exit code 1: the cause is in the point's own code or data, reported with its first line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = dict(failures or {})
+
+
+class UnsupportedConfigError(SafebasinError, ValueError):
+    """A mergekit config key or value that safebasin cannot honour exactly (named)."""
+
+
 __all__ = [
     "SafebasinError",
     "UsageError",
@@ -99,4 +127,9 @@ __all__ = [
     "DataFormatError",
     "PushRefusedError",
     "VerificationError",
+    "ReproducibilityError",
+    "LimitUnreachableError",
+    "MissingExtraError",
+    "PointsFailedError",
+    "UnsupportedConfigError",
 ]

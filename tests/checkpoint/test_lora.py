@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import load_state
+from support import load_state
 
 from safebasin import merge
 from safebasin.checkpoint import Checkpoint, LoraCheckpoint, open_checkpoint

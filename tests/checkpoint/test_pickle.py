@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import load_state
+from support import load_state
 
 from safebasin.cli import cli
 

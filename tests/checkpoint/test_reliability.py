@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import load_state
 from safetensors.torch import save_file
+from support import load_state
 
 from safebasin import merge
 from safebasin.checkpoint import Checkpoint, read_header, verify
@@ -445,8 +445,34 @@ def test_overwrite_replaces_output_in_one_step(models, tmp_path):
     assert lerp(models["base"], models["ft"], out, "--overwrite", alpha=0.25).exit_code == 0
     assert json.loads((out / "safebasin_recipe.json").read_text())["parameters"]["alpha"] == 0.25
     verify(out)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == [
-        ".out.safebasin.lock"]  # the old output went with the swap; no temp folder left
+    # the old output went with the swap; no temp folder and no lock file left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+
+
+def test_no_lock_file_is_left_after_success_or_failure(models, tmp_path):
+    assert lerp(models["base"], models["ft"], tmp_path / "ok").exit_code == 0
+    assert lerp(models["base"], tmp_path / "missing", tmp_path / "bad").exit_code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
+
+
+def test_overwrite_says_what_it_removed(models, tmp_path):
+    out = tmp_path / "out"
+    assert lerp(models["base"], models["ft"], out).exit_code == 0
+    (out / "eval" / "asr").mkdir(parents=True)
+    (out / "eval" / "asr" / "summary.json").write_text("{}")
+    (out / "eval" / "asr" / "responses.jsonl").write_text("")
+    models_files = sum(1 for p in out.iterdir() if p.is_file())
+    r = lerp(models["base"], models["ft"], out, "--overwrite", alpha=0.25)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert r.stderr.splitlines() == [
+        f"replaced {out} (removed {out / 'eval'}/ with 1 evaluation result and "
+        f"{models_files} other files)"]
+    assert not (out / "eval").exists()
+
+
+def test_overwrite_of_a_missing_output_says_nothing(models, tmp_path):
+    r = lerp(models["base"], models["ft"], tmp_path / "new", "--overwrite")
+    assert r.exit_code == 0 and "replaced" not in r.stderr
 
 
 def test_failing_merge_with_overwrite_leaves_old_output_intact(models, tmp_path):

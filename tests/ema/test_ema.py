@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_state, make_chat_model, make_model, tiny_llama_config
+from support import load_state, make_chat_model, make_model, tiny_llama_config
 from torch import nn
 
 from safebasin.ema import EMA

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import load_state, tiny_llama_config
+from support import load_state, tiny_llama_config
 
 from safebasin.ema import EMA
 

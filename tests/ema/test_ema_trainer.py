@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_state, make_model
+from support import load_state, make_model
 
 from safebasin import merge
 from safebasin.errors import CheckpointNotFoundError, UsageError

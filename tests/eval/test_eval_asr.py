@@ -1,5 +1,6 @@
-"""Keyword ASR end to end on a tiny random chat model and 8 AdvBench prompts: files, summary,
-resume, and batched generation equal to one prompt at a time."""
+"""Keyword ASR end to end on a tiny random chat model and 8 AdvBench prompts (the shipped copy,
+read by default): files, summary, resume, and batched generation equal to one prompt at a
+time."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 import torch
 import xxhash
 from click.testing import CliRunner
-from conftest import SHARED_DATA
 
 from safebasin import __version__
+from safebasin.chat import encode_prompts, load_model, load_tokenizer
 from safebasin.cli import cli
 from safebasin.eval import (
     GenerationSettings,
@@ -26,14 +27,10 @@ from safebasin.eval import (
     run_asr,
     wilson_interval,
 )
-from safebasin.eval.generation import encode_prompts
-from safebasin.eval.loading import load_model, load_tokenizer
 
-ADVBENCH = SHARED_DATA / "advbench_harmful_behaviors.csv"
-pytestmark = pytest.mark.skipif(not ADVBENCH.is_file(),
-                                reason=f"shared evaluation data not found at {SHARED_DATA}")
+ADVBENCH = "advbench"  # the copy shipped in the package, also the default of `eval asr`
 NEW_TOKENS = 12
-ARGS = ["--prompts", str(ADVBENCH), "--limit", "8", "--seed", "3", "--max-new-tokens",
+ARGS = ["--limit", "8", "--seed", "3", "--max-new-tokens",
         str(NEW_TOKENS), "--batch-size", "4", "--device", "cpu", "--dtype", "float32", "-q"]
 
 
@@ -145,6 +142,15 @@ def test_rerun_with_other_settings_is_refused(asr_dir, chat_model, tmp_path):
     args = [a if a != str(NEW_TOKENS) else "5" for a in ARGS]
     result = run("eval", "asr", str(chat_model), "-o", str(out), *args)
     assert_one_line_error(result, "other settings", "max_new_tokens")
+
+
+def test_refused_resume_names_the_first_differing_list_element(asr_dir, chat_model, tmp_path):
+    """qi's 29 phrases start with gcg's 13: the message must point past the shared prefix."""
+    out = tmp_path / "run"
+    shutil.copytree(asr_dir, out)
+    result = run("eval", "asr", str(chat_model), "-o", str(out), *ARGS, "--keywords", "gcg")
+    assert_one_line_error(result, "keywords.phrases has 29 vs 13 items",
+                          'keywords.phrases[13]: "is illegal and unethical" vs (none)')
 
 
 def test_show_prints_the_table(asr_dir):

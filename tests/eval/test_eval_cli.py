@@ -91,9 +91,14 @@ def test_system_prompt_without_chat_template(chat_model, prompts_csv, tmp_path):
     assert_one_line_error(result, "system prompt")
 
 
-def test_offline_without_prompts_says_how_to_pass_them(chat_model, tmp_path, empty_hub_cache):
-    result = run("eval", "asr", str(chat_model), "-o", str(tmp_path / "out"), *FAST)
-    assert_one_line_error(result, "--prompts", "walledai/AdvBench")
+def test_offline_without_prompts_reads_the_shipped_advbench(chat_model, tmp_path,
+                                                           empty_hub_cache):
+    out = tmp_path / "out"
+    result = run("eval", "asr", str(chat_model), "-o", str(out), "--limit", "2", *FAST)
+    assert result.exit_code == 0, result.output + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2
+    assert summary["runtime"]["prompts"].startswith("advbench (shipped with safebasin")
 
 
 def test_missing_model_folder(prompts_csv, tmp_path):
@@ -115,7 +120,18 @@ def test_folder_without_safetensors(chat_model, prompts_csv, tmp_path):
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     result = run("eval", "asr", str(folder), "--prompts", str(prompts_csv), "-o",
                  str(tmp_path / "out"), *FAST)
+    assert_one_line_error(result, "no .safetensors", "pickled weights (pytorch_model.bin)")
+
+
+def test_folder_without_any_weights_does_not_speak_of_pickles(chat_model, prompts_csv,
+                                                              tmp_path):
+    folder = tmp_path / "empty"
+    shutil.copytree(chat_model, folder)
+    (folder / "model.safetensors").unlink()
+    result = run("eval", "asr", str(folder), "--prompts", str(prompts_csv), "-o",
+                 str(tmp_path / "out"), *FAST)
     assert_one_line_error(result, "no .safetensors")
+    assert "pickle" not in result.stderr
 
 
 def test_missing_keyword_file(chat_model, prompts_csv, tmp_path):

@@ -12,16 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import SHARED_DATA
 
+from safebasin.chat import load_model, load_tokenizer
 from safebasin.cli import cli
-from safebasin.eval import evaluate_utility_loss, match, wilson_interval
-from safebasin.eval.loading import load_model, load_tokenizer
+from safebasin.eval import evaluate_utility_loss, load_xstest_safe, match, wilson_interval
 from safebasin.eval.utility import encode_conversation
-
-XSTEST = SHARED_DATA / "xstest_prompts.csv"
-needs_data = pytest.mark.skipif(not XSTEST.is_file(),
-                                reason=f"shared evaluation data not found at {SHARED_DATA}")
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How do I bake a cake?"},
@@ -107,15 +102,17 @@ UTILITY_ARGS = ["--max-new-tokens", "8", "--batch-size", "4", "--device", "cpu",
                 "float32", "-q"]
 
 
-@needs_data
 def test_utility_command_writes_loss_and_over_refusal_and_resumes(chat_model, tmp_path):
+    """`--xstest` without a value reads the XSTest copy shipped in the package."""
     data, out = _write_chat(tmp_path / "chat.jsonl"), tmp_path / "run"
-    args = ["eval", "utility", str(chat_model), "--data", str(data), "--xstest", str(XSTEST),
+    args = ["eval", "utility", str(chat_model), "--data", str(data), "--xstest",
             "--limit", "6", "-o", str(out), *UTILITY_ARGS]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output + result.stderr
     s = json.loads((out / "summary.json").read_text())
     rows = [json.loads(x) for x in (out / "responses.jsonl").read_text().splitlines()]
+    safe = {(p.index, p.text) for p in load_xstest_safe("xstest")}
+    assert {(r["index"], r["prompt"]) for r in rows} <= safe
     refusals = sum(r["refusal"] for r in rows)
     assert all(r["refusal"] is (match(r["response"], "xstest") is not None) for r in rows)
     assert s["kind"] == "utility"

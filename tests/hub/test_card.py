@@ -12,10 +12,11 @@ import yaml
 from click.testing import CliRunner
 
 from safebasin import merge
-from safebasin.card import find_eval_results, render_card
+from safebasin.card import render_card
 from safebasin.cli import cli
 from safebasin.eval.asr import ResponseRecord, summarize_asr
 from safebasin.eval.overrefusal import summarize_over_refusal
+from safebasin.publish import find_eval_results
 
 
 def front_matter(card: str) -> dict:

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import load_state
 from fake_hub import FakeHub
 from safetensors.torch import save_file
+from support import load_state
 
 from safebasin import hub, merge
 from safebasin.checkpoint import Checkpoint, LoraCheckpoint, open_checkpoint

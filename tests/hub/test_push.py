@@ -16,8 +16,8 @@ from fake_hub import FakeHub
 from test_card import asr_summary, front_matter, write_summary
 
 from safebasin import merge
+from safebasin.checkpoint import model_content_hash
 from safebasin.cli import cli
-from safebasin.eval.loading import model_content_hash
 
 TOKEN = "hf_sEcReTtOkEn0123456789abcdefghijkl"
 
@@ -95,6 +95,24 @@ def test_push_needs_the_hub_id_of_a_local_base(fake_hub, out):
     assert res.exit_code == 2 and "--base-model ORG/NAME" in one_line(res.stderr)
     bad = push(str(out), "--repo-id", "me/wise", "--base-model", "/local/base")
     assert bad.exit_code == 2 and "not a Hub id" in one_line(bad.stderr)
+
+
+def test_dry_run_names_every_blocker_at_once(fake_hub, out):
+    """No ASR result, a local θ₀ without --base-model and a bad repo id: one run, all three."""
+    res = push(str(out), "--repo-id", "not-a-repo-id", "--dry-run")
+    assert res.exit_code == 2
+    line = one_line(res.stderr)
+    assert "cannot push (3 problems)" in line, line
+    for needle in ("(1) --repo-id 'not-a-repo-id'", "(2) ", "--base-model ORG/NAME",
+                   "(3) ", "no keyword-ASR result", "pass --force"):
+        assert needle in line, line
+    assert fake_hub.requests == []
+
+
+def test_force_overrides_the_gate_but_not_the_other_blockers(fake_hub, out):
+    res = push(str(out), "--repo-id", "me/wise", "--force", "--dry-run")
+    line = one_line(res.stderr)
+    assert res.exit_code == 2 and "--base-model ORG/NAME" in line and "ASR" not in line, line
 
 
 def test_push_uploads_the_folder_in_one_commit(fake_hub, out, caplog):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import xxhash
 from click.testing import CliRunner
-from conftest import load_state, make_model
+from support import load_state, make_model
 
 from safebasin import merge
 from safebasin.cli import cli
@@ -52,7 +52,7 @@ def test_lerp_endpoints_copy_inputs_exactly(models, tmp_path, alpha, source):
 
 
 def test_lerp_extrapolation_alpha_above_one(models, tmp_path):
-    merge.lerp(models["base"], models["ft"], tmp_path / "out", alpha=1.5)
+    merge.lerp(models["base"], models["ft"], tmp_path / "out", alpha=1.5, extrapolate=True)
     a, b = f64(load_state(models["base"])), f64(load_state(models["ft"]))
     assert_close_to(load_state(tmp_path / "out"), {k: a[k] + 1.5 * (b[k] - a[k]) for k in a},
                     torch.float32)
@@ -328,7 +328,10 @@ def test_cli_refuses_existing_output(models, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["l2-project", "--radius", "1", "--match", "X"], "exactly one of"),
     (["l2-project"], "exactly one of"),
-    (["ema", "--eta", "1.5"], "--eta must be in (0, 1]"),
+    (["ema", "--eta", "1.5"], "eta must be in (0, 1]"),
+    (["lerp", "--alpha", "1.5"], "alpha 1.5 is outside [0, 1]"),
+    (["lerp", "--alpha", "-0.5"], "--extrapolate"),
+    (["lerp", "--alpha", "50"], "beyond θ_ft"),
     (["task-arithmetic", "--scale", "1", "--scales", "1,2"], "exactly one of"),
 ])
 def test_cli_refuses_bad_parameters(models, tmp_path, args, needle):
@@ -336,6 +339,15 @@ def test_cli_refuses_bad_parameters(models, tmp_path, args, needle):
     r = run("merge", cmd, models["base"], models["ft"], "-o", tmp_path / "o", *opts)
     _assert_refused(r, needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_extrapolates_when_asked(models, tmp_path):
+    r = run("merge", "lerp", models["base"], models["ft"], "-o", tmp_path / "o", "--alpha",
+            "-0.5", "--extrapolate", "-q")
+    assert r.exit_code == 0, r.output + r.stderr
+    recipe = json.loads((tmp_path / "o" / "safebasin_recipe.json").read_text())
+    assert recipe["parameters"]["alpha"] == -0.5
+    assert "--alpha -0.5 --extrapolate" in (tmp_path / "o" / "README.md").read_text()
 
 
 def test_cli_refuses_bad_shard_size(models, tmp_path):

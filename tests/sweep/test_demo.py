@@ -23,7 +23,7 @@ def _invoke(args: list[str]):
 
 DEMO = ["demo", "--smoke", "--quiet"]
 METHODS = ("theta0", "finetune", "ema", "offline-ema", "task-arithmetic", "l2-per-tensor",
-           "l2-reg")
+           "l2-reg", "path-average", "anchor-lerp", "path-average-lerp")
 
 
 @pytest.fixture(scope="module")

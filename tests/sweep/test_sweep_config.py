@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from safebasin.cli import cli
 from safebasin.errors import UsageError
-from safebasin.sweep import L2Match, load_config, parse_config
+from safebasin.sweep import EmaSpec, L2Match, load_config, parse_config
+from safebasin.sweep.config import UtilityMatch
 from safebasin.sweep.execute import search_coefficient
 from safebasin.sweep.report import (
     ROW_FIELDS,
@@ -68,6 +69,22 @@ def test_grid_axes_multiply_and_yaml_exponents_read_as_numbers():
     ("seeds", [0, 0], "seeds: seeds repeat"),
     ("experiments.1.name", "grid", "two experiments are named 'grid'"),
     ("toy.theta0.model", {"hidden_size": 30, "num_heads": 4}, "not a multiple of num_heads"),
+    ("toy.world_seeds", [0, 0], "toy.world_seeds: seeds repeat"),
+    ("toy.world_seeds", "all", "toy.world_seeds: must be a non-empty list"),
+    ("toy.models", {}, "toy.models: must name at least one model size"),
+    ("toy.models", ["small"], "toy.models: must be a mapping"),
+    ("toy.models", {"big": {"hidden_size": 30, "num_heads": 4}},
+     "toy.models.big: hidden_size 30 is not a multiple of num_heads 4"),
+    ("toy.models", {"big": {"width": 3}}, "toy.models.big.width: unknown key"),
+    ("toy.models", {"a b": {}}, "toy.models.a b: 'a b' must be letters"),
+    ("experiments.1.l2_reg", {"ema": [{"eta": 0.5}]},
+     "experiments[1].l2_reg.ema: eta=0.5 every=1 is not one of the experiment's ema"),
+    ("experiments.1.l2_reg", {"models": ["huge"]},
+     "experiments[1].l2_reg.models: 'huge' is not a toy model size; choose from default"),
+    ("experiments.1.match_utility", {"tolerance": 2}, "match_utility.tolerance: must be <= 1"),
+    ("experiments.1.match_utility", {"max_tries": 0}, "match_utility.max_tries: must be >= 1"),
+    ("experiments.1.match_utility", {"tries": 3}, "match_utility.tries: unknown key"),
+    ("workers", 0, "workers: must be >= 1"),
 ])
 def test_bad_values_name_their_key(path, value, message):
     with pytest.raises(UsageError, match="config <config>: .*") as e:
@@ -75,10 +92,57 @@ def test_bad_values_name_their_key(path, value, message):
     assert message in str(e.value)
 
 
+def test_world_seeds_and_model_sizes_make_cells_sizes_outermost():
+    data = _with("toy.world_seeds", [3, 1])
+    data["toy"]["models"] = {"small": {}, "large": {"hidden_size": 128, "num_layers": 4}}
+    data["workers"] = 2
+    config = parse_config(data)
+    cells = config.source.cells()
+    assert [(c.model, c.world_seed) for c in cells] == [("small", 3), ("small", 1),
+                                                       ("large", 3), ("large", 1)]
+    assert cells[0].theta0.model.hidden_size == 64 and cells[0].theta0.steps == 10
+    large = cells[2].theta0.model
+    assert (large.hidden_size, large.num_layers, large.num_heads, large.intermediate_size) == \
+        (128, 4, 4, 192)  # unset keys keep theta0.model's (the defaults here)
+    assert config.workers == 2
+
+
+def test_one_world_seed_gives_one_default_cell():
+    cells = parse_config(GOOD).source.cells()
+    assert [(c.model, c.world_seed) for c in cells] == [("default", 0)]
+
+
+def test_world_seed_and_world_seeds_together_are_refused():
+    data = _with("toy.world_seeds", [0, 1])
+    data["toy"]["world_seed"] = 0
+    with pytest.raises(UsageError, match="toy.world_seeds: give world_seed or world_seeds"):
+        parse_config(data)
+
+
+def test_match_utility_and_l2_reg_targets_parse():
+    data = _with("experiments.1.l2_reg", {"ema": [{"eta": 0.25, "every": 10}],
+                                          "models": ["default"]})
+    data["experiments"][1]["match_utility"] = {"tolerance": 0.03, "max_tries": 4}
+    exp = parse_config(data).experiments[1]
+    assert exp.l2_reg.targets == (EmaSpec(0.25, 10),) and exp.l2_reg.models == ("default",)
+    assert exp.match_utility == UtilityMatch(tolerance=0.03, max_tries=4)
+    data["experiments"][1]["match_utility"] = True
+    assert parse_config(data).experiments[1].match_utility == UtilityMatch()
+
+
+def test_match_utility_needs_a_knob_to_search():
+    data = _with("experiments.1.merges", ["offline-ema"])
+    del data["experiments"][1]["l2_reg"]
+    data["experiments"][1]["match_utility"] = True
+    with pytest.raises(UsageError, match=r"experiments\[1\]\.match_utility: matches the knobs"):
+        parse_config(data)
+
+
 def test_merges_need_an_ema():
     data = _with("experiments.1.ema", None)
     del data["experiments"][1]["ema"]
-    with pytest.raises(UsageError, match=r"experiments\[1\]\.ema: merges and l2_reg"):
+    with pytest.raises(UsageError,
+                       match=r"experiments\[1\]\.ema: merges, l2_reg and match_utility"):
         parse_config(data)
 
 
@@ -103,6 +167,8 @@ def test_cli_refuses_bad_configs_with_one_line(tmp_path):
                          "experiments[1].ema[0].eta"),
         "bad_yaml.yaml": ("experiments: [\n  {name: a,\n", "invalid YAML"),
         "empty.yaml": ("", "experiments: is required"),
+        "bad_models.yaml": (yaml.safe_dump(_with("toy.models", {"big": {"width": 3}})),
+                            "toy.models.big.width: unknown key"),
         "missing.yaml": (None, "cannot be read"),
     }
     for name, (text, expected) in cases.items():

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 from .config import RECORD_NAME, FinetuneConfig, FinetuneResult
 
 if TYPE_CHECKING:
-    from .callbacks import ProgressBar, ema_callback
-    from .chat_data import (
+    from ..chat.data import (
         IGNORE_INDEX,
         ChatCollator,
         ChatDataset,
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
         encode_chat,
         read_chat_jsonl,
     )
+    from .callbacks import ProgressBar, ema_callback
     from .l2_to_init import L2ToInit, L2ToInitTrainer
     from .runner import finetune, train
 
@@ -30,8 +30,9 @@ _LAZY = {
     "finetune": ".runner", "train": ".runner",
     "L2ToInit": ".l2_to_init", "L2ToInitTrainer": ".l2_to_init",
     "ProgressBar": ".callbacks", "ema_callback": ".callbacks",
-    "IGNORE_INDEX": ".chat_data", "ChatCollator": ".chat_data", "ChatDataset": ".chat_data",
-    "EncodedChat": ".chat_data", "encode_chat": ".chat_data", "read_chat_jsonl": ".chat_data",
+    # chat data lives in the chat-model layer; re-exported here for fine-tuning callers
+    "IGNORE_INDEX": "..chat.data", "ChatCollator": "..chat.data", "ChatDataset": "..chat.data",
+    "EncodedChat": "..chat.data", "encode_chat": "..chat.data", "read_chat_jsonl": "..chat.data",
 }
 
 __all__ = [

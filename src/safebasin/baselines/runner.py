@@ -1,6 +1,6 @@
 """Supervised fine-tuning over the transformers `Trainer`: the baseline every method is compared to.
 
-Loss on the assistant's tokens only (see `chat_data`), AdamW, optional L2 regularisation toward
+Loss on the assistant's tokens only (see `chat.data`), AdamW, optional L2 regularisation toward
 θ₀ (`l2_to_init`), and any extra Trainer callbacks (the online EMA). The result is a normal HF
 model folder: `config.json`, `generation_config.json`, `model.safetensors`, the tokenizer, and
 `safebasin_finetune.json` (settings, loss curve, wall time), which is written last: a folder
@@ -33,10 +33,11 @@ from transformers import (
 from transformers import __version__ as transformers_version
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .. import __version__
+from .. import __version__, provenance
+from ..chat.data import ChatCollator, ChatDataset, Message, read_chat_jsonl
+from ..chat.model import load_model, load_tokenizer
 from ..errors import CheckpointNotFoundError, OutputExistsError, UsageError
 from .callbacks import ProgressBar
-from .chat_data import ChatCollator, ChatDataset, Message, read_chat_jsonl
 from .config import RECORD_NAME, FinetuneConfig, FinetuneResult
 from .l2_to_init import L2ToInitTrainer
 
@@ -115,7 +116,7 @@ def train(
     Args:
         model: trained in place, in its current dtype and device placement by the Trainer.
         tokenizer: with a chat template; saved beside the weights.
-        conversations: lists of chat messages (see `chat_data.read_chat_jsonl`).
+        conversations: lists of chat messages (see `chat.read_chat_jsonl`).
         out_dir: created; must be empty or absent unless `overwrite` (which deletes it first).
         config: optimisation settings.
         callbacks: extra Trainer callbacks, for example `safebasin.ema.EMACallback`.
@@ -163,7 +164,9 @@ def train(
         "losses": [list(x) for x in losses], "train_loss": result.train_loss,
         "wall_s": round(wall_s, 3), "n_conversations": len(dataset),
         "versions": {"safebasin": __version__, "torch": torch.__version__,
-                     "transformers": transformers_version}})
+                     "transformers": transformers_version},
+        # the CPU, kernel settings and commit that made these bytes (reproducible mode or not)
+        "provenance": provenance.collect()})
     logger.info("fine-tuned %d steps in %.1f s, final loss %.4f", result.steps, wall_s,
                 losses[-1][1] if losses else float("nan"))
     return result
@@ -184,9 +187,7 @@ def _check_model_dir(model_dir: Path) -> None:
 
 
 def _load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     if tokenizer.chat_template is None:
         raise UsageError(f"the tokenizer in {str(model_dir)!r} has no chat template, so "
                          "assistant tokens cannot be located")
@@ -194,10 +195,7 @@ def _load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
 
 
 def _load_model(model_dir: Path) -> tuple[PreTrainedModel, torch.dtype]:
-    from transformers import AutoModelForCausalLM
-
-    # use_safetensors: never unpickle; trust_remote_code stays off (the default)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype="auto")
+    model = load_model(model_dir, dtype="auto", device=None)  # the Trainer places it
     stored = model.dtype
     return model.float(), stored  # fp32 master weights: bf16 AdamW updates round away
 

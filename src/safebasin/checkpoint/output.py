@@ -3,7 +3,8 @@
 A crash (even SIGKILL) leaves at most a hidden `.NAME.safebasin-tmp-*` folder, never a folder at
 the destination that looks finished; the next run into the same destination removes it. Two runs
 into one destination are serialised by an `flock` on `.NAME.safebasin.lock`, which the kernel
-releases when a process dies, so a killed run never blocks the next one.
+releases when a process dies, so a killed run never blocks the next one; a run that ends
+removes the lock file, so only a killed run leaves one.
 """
 
 from __future__ import annotations
@@ -56,22 +57,67 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _locked(parent: Path, name: str) -> Iterator[None]:
-    lock_path = parent / f".{name}.safebasin.lock"
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise OutputNotWritableError(f"{parent}: cannot write here: {e.strerror}") from e
-    try:
+def _open_lock(lock_path: Path, dest: Path) -> int:
+    """An fd holding an exclusive `flock` on the file now at `lock_path`.
+
+    The holder before us removes the file when it is done. If it did so after we opened the
+    file, our lock is on a file nobody else can find, and the next run would lock a new one:
+    so the lock counts only when the path still names the file we locked; else try again.
+    """
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputNotWritableError(f"{lock_path.parent}: cannot write here: "
+                                         f"{e.strerror}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputLockedError(f"{parent / name}: another safebasin process is writing "
-                                    "this destination; wait for it or choose another -o") from None
+            os.close(fd)
+            raise OutputLockedError(f"{dest}: another safebasin process is writing this "
+                                    "destination; wait for it or choose another -o") from None
+        try:
+            ours, now = os.fstat(fd), os.stat(lock_path)
+            if (ours.st_dev, ours.st_ino) == (now.st_dev, now.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(parent: Path, name: str) -> Iterator[None]:
+    """Hold `.NAME.safebasin.lock` beside the destination; remove it when done, still locked,
+    so no lock file stays behind (the kernel drops the lock itself if the process dies)."""
+    lock_path = parent / f".{name}.safebasin.lock"
+    fd = _open_lock(lock_path, parent / name)
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock; the lock file itself stays, harmlessly
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        os.close(fd)
+
+
+def describe_replaced(dest: str | os.PathLike) -> str | None:
+    """What replacing `dest` removes, as a phrase ("OUT/eval/ with 2 evaluation results and 3
+    other files"); None when `dest` does not exist. Evaluation results (`eval/*/summary.json`)
+    are named because they are the one thing in an output folder a merge cannot recreate."""
+    dest = Path(dest)
+    if not dest.exists():
+        return None
+    try:
+        files = [p.relative_to(dest) for p in dest.rglob("*") if p.is_file()] \
+            if dest.is_dir() else [Path(dest.name)]
+    except OSError:
+        return "its contents"
+    in_eval = [p for p in files if p.parts[0] == "eval"]
+    results = sum(1 for p in in_eval if p.name == "summary.json")
+    others = len(files) - len(in_eval)
+    what = [f"{dest / 'eval'}/ with {results} evaluation result{'s' * (results != 1)}"
+            ] if in_eval else []
+    what.append(f"{others} other file{'s' * (others != 1)}")
+    return " and ".join(what)
 
 
 @contextlib.contextmanager
@@ -95,6 +141,8 @@ def publishing(dest: str | os.PathLike, *, overwrite: bool = False,
     except OSError as e:
         raise OutputNotWritableError(f"{parent}: cannot create: {e.strerror}") from e
     with _locked(parent, dest.name):
+        if overwrite and (gone := describe_replaced(dest)):
+            log.info("replacing %s when done (removes %s)", dest, gone)
         # glob.escape: a name like "run[1]" must not match (and delete) another run's folder
         for stale in parent.glob(f"{glob.escape('.' + dest.name)}.safebasin-tmp-*"):
             log.warning("removing stale temporary folder %s from an interrupted run", stale)

@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+from .. import hub  # fetching only; it imports nothing of safebasin but errors
 from ..errors import CheckpointNotFoundError
 from .lora import LoraCheckpoint, is_adapter
 from .reader import Checkpoint
@@ -46,8 +47,6 @@ def open_checkpoint(spec: str | os.PathLike, *, allow_pickle: bool = False,
     """
     path, source = Path(spec), {}
     if not _exists_locally(path):
-        from .. import hub  # lazy: the Hub client sits above this package (see safebasin.hub)
-
         ref = hub.parse_hub_id(spec)
         if ref is not None:
             path, source = hub.snapshot(ref)

@@ -13,10 +13,8 @@ with a well-formed recipe are a `VerificationError` (exit code 1).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,32 +22,15 @@ from pathlib import Path
 
 import xxhash
 
-from ..errors import (
-    CheckpointFormatError,
-    CheckpointNotFoundError,
-    SafebasinError,
-    VerificationError,
-)
+from ..errors import CheckpointFormatError, SafebasinError, VerificationError
 from .header import TensorInfo, read_header
 from .reader import Checkpoint
-from .recipe import RECIPE_FILE
+from .recipe import RECIPE_FILE, Output, read_recipe
 
 log = logging.getLogger(__name__)
 
-HASH_NAME = "xxh3_128"  # what recipe.output_record writes
 BLOCK_BYTES = 8 * 1024 * 1024  # read size: memory stays flat whatever the shard size
-MAX_RECIPE_BYTES = 256 * 1024 * 1024  # a recipe lists each tensor twice; far above any model
-_HEX128 = re.compile(r"[0-9a-f]{32}")
 _SHOW = 3  # problems named in the one-line error
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What the recipe promises: shard file -> hash, tensor name -> hash, total tensor bytes."""
-
-    shards: dict[str, str]
-    tensors: dict[str, str]
-    total_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -62,51 +43,12 @@ class VerifyReport:
     nbytes: int  # bytes read: all shard files, headers included
 
 
-def _bad_recipe(path: Path, problem: str) -> CheckpointFormatError:
-    return CheckpointFormatError(f"{path}: malformed recipe: {problem}; re-run the merge, or "
-                                 "verify a folder written by safebasin")
-
-
-def _hash_map(path: Path, output: dict, key: str, *, file_names: bool) -> dict[str, str]:
-    value = output.get(key)
-    if not isinstance(value, dict) or (file_names and not value):
-        raise _bad_recipe(path, f"output.{key} must map names to {HASH_NAME} hex digests")
-    for name, digest in value.items():
-        if not isinstance(digest, str) or not _HEX128.fullmatch(digest):
-            raise _bad_recipe(path, f"output.{key}[{name[:80]!r}] is not a {HASH_NAME} digest")
-        if file_names and (name in ("", ".", "..") or any(c in name for c in "/\\\0")):
-            raise _bad_recipe(path, f"shard name {name[:80]!r} is not a plain file name")
-    return value
-
-
-def _load_recipe(folder: Path) -> Recorded:
-    path = folder / RECIPE_FILE
-    try:
-        if not folder.is_dir():
-            raise CheckpointNotFoundError(f"{folder}: no such folder")
-        if not path.is_file():
-            raise CheckpointNotFoundError(f"{folder}: no {RECIPE_FILE}; only folders written "
-                                          "by safebasin carry the hashes to verify against")
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise _bad_recipe(path, f"larger than {MAX_RECIPE_BYTES} bytes")
-        data = json.loads(path.read_bytes())
-    except SafebasinError:
-        raise
-    except OSError as e:  # a folder we may not list, a recipe we may not read
-        raise CheckpointFormatError(f"{path}: cannot read: {e.strerror or e}") from e
-    except (ValueError, RecursionError) as e:  # ValueError: JSON, UTF-8, 5000-digit ints
-        raise _bad_recipe(path, f"not valid JSON ({e})") from None
-    output = data.get("output") if isinstance(data, dict) else None
-    if not isinstance(output, dict):
-        raise _bad_recipe(path, "no 'output' hashes (written by an older safebasin?)")
-    if output.get("hash") != HASH_NAME:
-        raise _bad_recipe(path, f"output.hash is {str(output.get('hash'))[:40]!r}, "
-                                f"expected {HASH_NAME!r}")
-    total = output.get("total_bytes")
-    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
-        raise _bad_recipe(path, "output.total_bytes is not a byte count")
-    return Recorded(_hash_map(path, output, "shards", file_names=True),
-                    _hash_map(path, output, "tensors", file_names=False), total)
+def _load_recipe(folder: Path) -> Output:
+    recipe = read_recipe(folder)
+    if recipe.output is None:
+        raise CheckpointFormatError(f"{folder / RECIPE_FILE}: malformed recipe: no 'output' "
+                                    "hashes (written by an older safebasin?)")
+    return recipe.output
 
 
 def _regular_size(path: Path) -> int | None:
@@ -171,7 +113,7 @@ class _Tally:
     nread: int = 0
 
 
-def _check_shard(folder: Path, name: str, recorded: Recorded, tally: _Tally, *, block: int,
+def _check_shard(folder: Path, name: str, recorded: Output, tally: _Tally, *, block: int,
                  progress: Callable[[int, int], None] | None, total: int) -> None:
     path = folder / name
     try:
@@ -206,7 +148,7 @@ def _check_shard(folder: Path, name: str, recorded: Recorded, tally: _Tally, *, 
         tally.tensor_bytes += t.nbytes
 
 
-def _check_names(folder: Path, recorded: Recorded, tally: _Tally) -> None:
+def _check_names(folder: Path, recorded: Output, tally: _Tally) -> None:
     missing = [t for t in recorded.tensors if t not in tally.where]
     extra = [t for t in tally.where if t not in recorded.tensors]
     if missing:

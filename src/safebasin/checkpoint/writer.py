@@ -23,6 +23,8 @@ from ..errors import OutputNotWritableError
 from .header import DTYPE_NAMES
 from .reader import INDEX_FILE, SINGLE_FILE
 
+DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes per shard: HF's default max_shard_size, "5GB"
+
 
 @dataclass(frozen=True)
 class TensorSpec:

@@ -27,6 +27,9 @@ class _Group(click.Group):
         except SafebasinError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it; outputs are
+            click.echo("interrupted", err=True)  # published only when complete
+            ctx.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,6 +93,21 @@ def _size(text: str) -> int:
         raise click.BadParameter(f"{text!r} is not a size like 5GB or 500MB") from None
 
 
+def replaced_notice(out: Path, overwrite: bool) -> Callable[[], None]:
+    """What `--overwrite` is about to remove from OUT, measured now; call the result once OUT
+    has been replaced to say so on stderr (a failed run replaces nothing and says nothing, so
+    its error stays one line)."""
+    from ..checkpoint.output import describe_replaced
+
+    gone = describe_replaced(out) if overwrite else None
+
+    def notice() -> None:
+        if gone is not None:
+            click.echo(f"replaced {out} (removed {gone})", err=True)
+
+    return notice
+
+
 def merge_options(f: Callable) -> Callable:
     """Options every merge shares; they arrive in the command as `options` (MergeOptions)."""
     opts = [
@@ -117,12 +135,14 @@ def merge_options(f: Callable) -> Callable:
                 allow_nonfinite, vocab_mismatch, quiet, **kwargs):
         from ..merge import MergeOptions
 
+        notice = replaced_notice(out, overwrite)
         with ProgressBar(quiet=quiet, desc="merge") as bar:
             options = MergeOptions(dtype=dtype, shard_size=shard_size, device=device,
                                    overwrite=overwrite, allow_pickle=allow_pickle,
                                    allow_nonfinite=allow_nonfinite,
                                    vocab_mismatch=vocab_mismatch, progress=bar)
             recipe = f(*args, out=out, options=options, **kwargs)
+        notice()
         d = recipe["distances"]["global_to_base"]
         click.echo(f"wrote {out} ({recipe['method']}, distance to base {d:.6g})")
 

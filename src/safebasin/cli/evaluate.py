@@ -23,23 +23,29 @@ def eval_group() -> None:
     """Keyword ASR, utility, and the report of a finished run."""
 
 
+# how responses are generated and matched; `tune` and `landscape` evaluate with them too
+GENERATION_OPTIONS = [
+    click.option("--max-new-tokens", type=click.IntRange(min=1), default=256,
+                 show_default=True, help="Greedy tokens per response."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
+    click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                 default="auto", show_default=True, help="auto: the checkpoint's dtype."),
+    click.option("--device", default="auto", show_default=True,
+                 help="auto, cpu, cuda or cuda:N."),
+    click.option("--system-prompt", help="System message put before each prompt."),
+    click.option("--no-chat-template", is_flag=True, help="Raw prompts (base models)."),
+    click.option("--normalize-quotes", is_flag=True,
+                 help="Map curly apostrophes to ' before matching (off: as published)."),
+]
+
+
 def eval_run_options(f: Callable) -> Callable:
     """Options of every generating run; the command gets `out` and `run` (run_* keywords),
     returns the summary, and the table is printed here."""
     opts = [
         click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
                      help="Results folder; running again into it resumes."),
-        click.option("--max-new-tokens", type=click.IntRange(min=1), default=256,
-                     show_default=True, help="Greedy tokens per response."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                     default="auto", show_default=True, help="auto: the checkpoint's dtype."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto, cpu, cuda or cuda:N."),
-        click.option("--system-prompt", help="System message put before each prompt."),
-        click.option("--no-chat-template", is_flag=True, help="Raw prompts (base models)."),
-        click.option("--normalize-quotes", is_flag=True,
-                     help="Map curly apostrophes to ' before matching (off: as published)."),
+        *GENERATION_OPTIONS,
         quiet_option,
     ]
     for opt in reversed(opts):
@@ -70,8 +76,9 @@ def eval_run_options(f: Callable) -> Callable:
 
 @eval_group.command("asr")
 @click.argument("model")
-@click.option("--prompts", type=click.Path(path_type=Path),
-              help="CSV, JSONL, TXT or Parquet (default: AdvBench, walledai/AdvBench).")
+@click.option("--prompts", metavar="NAME|PATH", default="advbench", show_default=True,
+              help="A shipped set (advbench, harmbench, jbb, xstest: its unsafe prompts) or a "
+                   "CSV, JSONL, TXT or Parquet file.")
 @click.option("--column", help="Prompt column (default: goal, Goal, prompt, Behavior, ...).")
 @click.option("--limit", type=click.IntRange(min=1), help="A random subset of N prompts.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of that subset.")
@@ -91,8 +98,8 @@ def eval_asr(model, prompts, column, limit, seed, keywords, out, run):
 @click.option("--data", type=click.Path(path_type=Path),
               help='Chat JSONL, {"messages": [...]} a line: loss on assistant tokens.')
 @click.option("--max-length", type=click.IntRange(min=2), help="Truncate conversations.")
-@click.option("--xstest", type=click.Path(path_type=Path),
-              help="XSTest prompts CSV: over-refusal on its safe prompts.")
+@click.option("--xstest", metavar="[PATH]", is_flag=False, flag_value="xstest",
+              help="Over-refusal on XSTest's safe prompts: the shipped copy, or a CSV.")
 @click.option("--limit", type=click.IntRange(min=1), help="A random subset of N XSTest prompts.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of that subset.")
 @eval_run_options

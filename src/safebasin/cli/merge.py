@@ -25,13 +25,14 @@ def merge() -> None:
 @merge.command("lerp")
 @click.argument("base")
 @click.argument("finetuned")
-@click.option("--alpha", type=float, required=True, help="θ = θ₀ + α(θ_ft − θ₀).")
+@click.option("--alpha", type=float, required=True, help="θ = θ₀ + α(θ_ft − θ₀), in [0, 1].")
+@click.option("--extrapolate", is_flag=True, help="Allow --alpha outside [0, 1].")
 @merge_options
-def merge_lerp(base, finetuned, alpha, out, options):
+def merge_lerp(base, finetuned, alpha, extrapolate, out, options):
     """Linear interpolation (WiSE-FT) between BASE and FINETUNED."""
     from .. import merge as m
 
-    return m.lerp(base, finetuned, out, alpha=alpha, options=options)
+    return m.lerp(base, finetuned, out, alpha=alpha, options=options, extrapolate=extrapolate)
 
 
 @merge.command("task-arithmetic")
@@ -68,13 +69,18 @@ def merge_l2_project(base, finetuned, radius, match, per_tensor, out, options):
 @merge.command("ema")
 @click.argument("base")
 @click.argument("checkpoints", nargs=-1, required=True)
-@click.option("--eta", type=float, required=True, help="Weight of each incoming checkpoint.")
+@click.option("--eta", type=float, help="Weight of each incoming checkpoint.")
+@click.option("--sigma-rel", type=float,
+              help="Instead of --eta: EDM2's power-function profile of this relative width.")
+@click.option("--steps", help="With --sigma-rel: the checkpoints' steps, comma-separated "
+              "(default: N of checkpoint-N/step-N names, else 1..K).")
 @merge_options
-def merge_ema(base, checkpoints, eta, out, options):
+def merge_ema(base, checkpoints, eta, sigma_rel, steps, out, options):
     """Offline EMA over CHECKPOINTS in order (or one trajectory folder of step-N subfolders)."""
     from .. import merge as m
 
-    return m.ema(base, list(checkpoints), out, eta=eta, options=options)
+    return m.ema(base, list(checkpoints), out, eta=eta, sigma_rel=sigma_rel,
+                 steps=_floats(steps) if steps is not None else None, options=options)
 
 
 @cli.command()

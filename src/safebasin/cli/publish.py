@@ -12,7 +12,7 @@ from ._common import (
     quiet_option,
 )
 
-# ---- hub: card and push (safebasin.hub) -----------------------------------------------------
+# ---- card and push (safebasin.publish) -------------------------------------------------------
 
 _base_model_option = click.option(
     "--base-model", metavar="ORG/NAME",
@@ -27,9 +27,9 @@ _base_model_option = click.option(
 @_base_model_option
 def card_command(out, eval_dirs, base_model):
     """Regenerate OUT/README.md from its recipe and the eval results under OUT/eval/."""
-    from .. import hub
+    from ..publish import write_card
 
-    click.echo(f"wrote {hub.write_card(out, eval_dirs=eval_dirs, base_model=base_model)}")
+    click.echo(f"wrote {write_card(out, eval_dirs=eval_dirs, base_model=base_model)}")
 
 
 @cli.command("push")
@@ -47,9 +47,9 @@ def push_command(out, repo_id, private, branch, max_asr, force, dry_run, base_mo
 
     The token comes from HF_TOKEN or `hf auth login`; it is never printed.
     """
-    from .. import hub
+    from ..publish import push
 
-    result = hub.push(out, repo_id, private=private, branch=branch, max_asr=max_asr,
+    result = push(out, repo_id, private=private, branch=branch, max_asr=max_asr,
                       force=force, dry_run=dry_run, base_model=base_model)
     if not dry_run:
         click.echo(result.commit_url)

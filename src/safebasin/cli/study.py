@@ -16,6 +16,8 @@ from ._common import (
     cli,
     quiet_option,
 )
+from ._points import PointsBar, executor_from_options, executor_options
+from ._reproducible import enter_reproducible, reproducible_option
 
 
 @cli.command("sweep")
@@ -25,15 +27,24 @@ from ._common import (
 @click.option("--workdir", type=click.Path(path_type=Path),
               help="Models, runs and cached points [default: OUTPUT/work].")
 @_threads_option
+@reproducible_option("on for a toy: config, off for model:")
+@executor_options
 @quiet_option
-def sweep_cmd(config, out, workdir, threads, quiet):
-    """Run CONFIG's (YAML) fine-tunes, merges and evaluations; finished points are reused."""
+def sweep_cmd(config, out, workdir, threads, reproducible, quiet, **engine):
+    """Run CONFIG's (YAML) fine-tunes, merges and evaluations; finished points are reused.
+    With --executor ray or slurm they run as jobs there, independent ones at once."""
+    from ..reproducible import is_toy_sweep_config
+
+    executor = executor_from_options(engine).build()  # a bad option fails before any work
+    enter_reproducible(reproducible, default=is_toy_sweep_config(config), threads=threads)
     from ..sweep import sweep
 
     _set_threads(threads)
     _quiet_transformers(True)  # one "Loading weights" bar per point would drown the table
-    with ProgressBar(quiet=quiet, desc="sweep", unit="point") as bar:
-        outcome = sweep(config, out, workdir=workdir, progress=lambda label: bar(1))
+    with PointsBar(quiet=quiet, desc="jobs") as jobs, \
+            ProgressBar(quiet=quiet, desc="sweep", unit="point") as bar:
+        outcome = sweep(config, out, workdir=workdir, progress=lambda label: bar(1),
+                        executor=executor, jobs_progress=jobs)
     _print_outcome(outcome, out)
 
 
@@ -44,14 +55,16 @@ def sweep_cmd(config, out, workdir, threads, quiet):
 @click.option("--smoke", is_flag=True, help="A tiny model and a dozen steps: checks that every "
               "path runs (seconds; the numbers mean nothing).")
 @_threads_option
+@reproducible_option("on")
 @quiet_option
-def demo_cmd(workdir, quick, smoke, threads, quiet):
+def demo_cmd(workdir, quick, smoke, threads, reproducible, quiet):
     """The toy world end to end: θ₀, aggressive fine-tuning with EMA, matched-distance merges,
     keyword ASR; prints the table and writes the plots."""
-    from ..sweep.demo import demo
-
     if quick and smoke:
         raise UsageError("give --quick or --smoke, not both")
+    enter_reproducible(reproducible, default=True, threads=threads)  # before torch loads
+    from ..sweep.demo import demo
+
     _set_threads(threads)
     _quiet_transformers(True)
     with ProgressBar(quiet=quiet, desc="demo", unit="point") as bar:

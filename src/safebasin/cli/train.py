@@ -8,13 +8,14 @@ import click
 
 from ..baselines.config import FinetuneConfig
 from ..errors import UsageError
-from ..toy.config import Theta0Config
+from ..toy.config import Theta0Config, ToyModelConfig
 from ._common import (
     _Group,
     _quiet_transformers,
     cli,
     quiet_option,
 )
+from ._reproducible import enter_reproducible, reproducible_option
 
 
 @cli.command("finetune")
@@ -41,14 +42,17 @@ from ._common import (
 @click.option("--max-length", type=int, default=FinetuneConfig.max_length, show_default=True,
               help="Truncate conversations to this many tokens.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT.")
+@reproducible_option("off")
 @quiet_option
 def finetune_cmd(model, data, out, lr, batch_size, grad_accum, steps, epochs, seed, l2_to_init,
-                 ema_eta, ema_every, save_trajectory_every, max_length, overwrite, quiet):
+                 ema_eta, ema_every, save_trajectory_every, max_length, overwrite, reproducible,
+                 quiet):
     """Fine-tune MODEL (a local HF model folder) on chat data; write the result to OUT."""
-    from ..baselines import ema_callback, finetune
-
     if steps is not None and epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
+    enter_reproducible(reproducible, default=False)  # before torch loads
+    from ..baselines import ema_callback, finetune
+
     config = FinetuneConfig(lr=lr, batch_size=batch_size, grad_accum=grad_accum, steps=steps,
                             epochs=FinetuneConfig.epochs if epochs is None else epochs,
                             seed=seed, l2_to_init=l2_to_init, max_length=max_length)
@@ -80,7 +84,8 @@ def toy_build(out, seed, overwrite):
 
     world = build_world(out, config=ToyWorldConfig(seed=seed), overwrite=overwrite)
     click.echo(f"wrote toy world {out}: fine-tune on {world.finetune_jsonl}, ASR prompts in "
-               f"{world.harmful_csv} (column prompt)")
+               f"{world.harmful_csv} (columns prompt, object; in-distribution: "
+               f"{world.harmful_train_csv.name})")
 
 
 @toy_group.command("train")
@@ -90,14 +95,24 @@ def toy_build(out, seed, overwrite):
 @click.option("--seed", type=int, default=Theta0Config.seed, show_default=True,
               help="Initial weights and data order.")
 @click.option("--steps", type=int, default=Theta0Config.steps, show_default=True)
+@click.option("--hidden-size", type=int, default=ToyModelConfig.hidden_size, show_default=True)
+@click.option("--layers", type=int, default=ToyModelConfig.num_layers, show_default=True)
+@click.option("--heads", type=int, default=ToyModelConfig.num_heads, show_default=True)
+@click.option("--intermediate-size", type=int, default=ToyModelConfig.intermediate_size,
+              show_default=True, help="MLP width.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT.")
+@reproducible_option("on")
 @quiet_option
-def toy_train(world, out, seed, steps, overwrite, quiet):
+def toy_train(world, out, seed, steps, hidden_size, layers, heads, intermediate_size, overwrite,
+              reproducible, quiet):
     """Train θ₀ on WORLD's alignment data: refuse harmful requests, answer benign ones."""
+    model = ToyModelConfig(hidden_size=hidden_size, num_layers=layers, num_heads=heads,
+                           intermediate_size=intermediate_size)
+    enter_reproducible(reproducible, default=True)  # before torch loads
     from ..toy import train_theta0
 
     _quiet_transformers(quiet)
-    result = train_theta0(world, out, config=Theta0Config(seed=seed, steps=steps),
+    result = train_theta0(world, out, config=Theta0Config(model=model, seed=seed, steps=steps),
                           overwrite=overwrite, show_progress=not quiet)
     click.echo(f"wrote {out}: {result.steps} steps, loss {result.losses[-1][1]:.4f}, "
                f"{result.wall_s:.1f} s")
@@ -106,8 +121,10 @@ def toy_train(world, out, seed, steps, overwrite, quiet):
 @toy_group.command("accuracy")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--world", required=True, type=click.Path(path_type=Path), help="The toy world.")
-def toy_accuracy(model, world):
+@reproducible_option("on")
+def toy_accuracy(model, world, reproducible):
     """Exact accuracy of MODEL on WORLD's held-out addition prompts (the toy's utility)."""
+    enter_reproducible(reproducible, default=True)  # before torch loads
     from ..toy import task_accuracy
 
     _quiet_transformers(True)

@@ -19,13 +19,12 @@ import torch
 from torch import nn
 
 from ..checkpoint import (
+    DEFAULT_SHARD_SIZE,
     ShardWriter,
     TensorSpec,
-    copy_aux_files,
+    finish_model_folder,
     output_record,
     publishing,
-    set_config_dtype,
-    write_recipe,
 )
 from ._dist import barrier, full, is_sharded, local, rank
 from ._names import model_tensors, unwrap
@@ -44,7 +43,7 @@ class FolderOptions:
     like: str | os.PathLike | None = None  # copy config/tokenizer/chat template from this folder
     tokenizer: object | None = None  # or save this tokenizer (anything with save_pretrained)
     overwrite: bool = False
-    shard_size: int = 5 * 10**9  # bytes per shard, HF's default
+    shard_size: int = DEFAULT_SHARD_SIZE  # bytes per shard, HF's default
 
 
 def specs_for(layouts: Mapping[str, torch.Tensor], dtype: torch.dtype | None
@@ -102,16 +101,11 @@ def _publish(out_dir: str | os.PathLike, specs: list[TensorSpec], whole: Iterato
         finish(tmp, output_record(writer, hashes, specs))
 
 
-def _model_files(tmp: Path, model: nn.Module, options: FolderOptions) -> None:
-    """config/generation config/tokenizer: copied from `like`, else saved from the model."""
-    if options.like is not None:
-        copy_aux_files(Path(options.like), tmp)
-    else:
-        for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None)):
-            if hasattr(cfg, "save_pretrained"):
-                cfg.save_pretrained(tmp)
-    if options.tokenizer is not None:
-        options.tokenizer.save_pretrained(tmp)
+def _configs(tmp: Path, model: nn.Module) -> None:
+    """config and generation config saved from the model (when there is no `like` to copy)."""
+    for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        if hasattr(cfg, "save_pretrained"):
+            cfg.save_pretrained(tmp)
 
 
 def write_model_folder(out_dir: str | os.PathLike, model: nn.Module,
@@ -123,17 +117,17 @@ def write_model_folder(out_dir: str | os.PathLike, model: nn.Module,
     Returns the recipe written beside the weights (None on ranks that do not write).
     """
     written: dict = {}
+    specs = specs_for(layouts, options.dtype)
 
     def finish(tmp: Path, output: dict) -> None:
-        _model_files(tmp, model, options)
-        floats = {t.dtype if options.dtype is None else options.dtype
-                  for t in layouts.values() if t.is_floating_point()}
-        if len(floats) == 1:
-            set_config_dtype(tmp, floats.pop())
-        written.update(write_recipe(tmp, {**recipe, "output": output}))
+        if options.like is None:
+            _configs(tmp, model)
+        written.update(finish_model_folder(tmp, recipe, output=output, specs=specs,
+                                           like=options.like))
+        if options.tokenizer is not None:  # after the copy from `like`: the one given wins
+            options.tokenizer.save_pretrained(tmp)
 
-    stream_folder(out_dir, specs_for(layouts, options.dtype), layouts, read, options=options,
-                  write=write, finish=finish)
+    stream_folder(out_dir, specs, layouts, read, options=options, write=write, finish=finish)
     if written:
         log.info("wrote %s (%s)", out_dir, recipe.get("method"))
     return written or None

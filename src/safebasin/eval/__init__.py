@@ -10,9 +10,9 @@ Light on import: the submodules import transformers only inside functions, and
 
 from __future__ import annotations
 
+from ..chat.generation import GenerationSettings, generate_responses
 from .asr import AsrResult, AsrSummary, ResponseRecord, evaluate_asr, summarize_asr
 from .degenerate import is_degenerate
-from .generation import GenerationSettings, generate_responses
 from .keywords import GCG, QI, XSTEST_PREFIXES, KeywordRule, load_rule, match
 from .overrefusal import (
     OverRefusalResult,

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..chat.generation import DEFAULT_GENERATION, GenerationSettings, generate_responses
 from ..errors import EvaluationError
 from .degenerate import is_degenerate
-from .generation import DEFAULT_GENERATION, GenerationSettings, generate_responses
 from .keywords import KeywordRule, load_rule
 from .prompts import Prompt
 from .stats import wilson_interval

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..chat.generation import DEFAULT_GENERATION, GenerationSettings
 from ..errors import EvaluationError
 from .asr import ResponseRecord, judge_responses
-from .generation import DEFAULT_GENERATION, GenerationSettings
 from .keywords import BUILTIN_RULES
 from .prompts import Prompt, load_prompts
 from .stats import wilson_interval
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 def load_xstest_safe(path: str | Path, *, limit: int | None = None, seed: int = 0) -> list[Prompt]:
-    """XSTest's safe prompts (``label == "safe"``, column ``prompt``) from its CSV.
+    """XSTest's safe prompts (``label == "safe"``, column ``prompt``) from its CSV; ``path``
+    ``"xstest"`` is the copy shipped with safebasin.
 
     Raises:
         EvaluationError: missing file, no ``prompt`` or ``label`` column, no safe rows.

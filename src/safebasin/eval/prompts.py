@@ -1,8 +1,9 @@
-"""Prompt sets from CSV, JSONL, TXT or Parquet files, and the default AdvBench from the Hub.
+"""Prompt sets from CSV, JSONL, TXT or Parquet files, or shipped with safebasin by name.
 
-Each prompt keeps its row index in the file, so a reproducible subset (``limit`` with ``seed``)
-and a resumed run refer to the same rows. CSV goes through the `csv` module because HarmBench
-cells span lines.
+A name (``advbench``, ``harmbench``, ``jbb``, ``xstest``; see `safebasin.data`) reads the copy
+shipped inside the package, offline; a path reads that file. Each prompt keeps its row index in
+the file, so a reproducible subset (``limit`` with ``seed``) and a resumed run refer to the same
+rows. CSV goes through the `csv` module because HarmBench cells span lines.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import EvaluationError, HubError
+from ..data import DEFAULT_PROMPT_SET, PROMPT_SETS, prompt_set
+from ..errors import EvaluationError
 
 # Column names tried in order when none is given: AdvBench (goal), JBB-Behaviors (Goal; it also
 # has a short `Behavior` label), walledai/AdvBench and XSTest (prompt), HarmBench (Behavior).
 PROMPT_COLUMNS = ("goal", "Goal", "prompt", "Prompt", "Behavior", "behavior", "instruction",
                   "query", "question", "text")
 
-ADVBENCH_REPO = "walledai/AdvBench"
-ADVBENCH_FILE = "data/train-00000-of-00001.parquet"
+# HarmBench's contextual behaviours: the context goes before the request, joined as HarmBench's
+# own direct-request baseline joins them.
+_CONTEXT_COLUMN, _CONTEXT_JOIN = "ContextString", "\n\n---\n\n"
 
 
 class Prompt(NamedTuple):
@@ -72,7 +75,8 @@ def _read_parquet(path: Path) -> list[dict]:
 def _read_rows(path: Path) -> list[dict]:
     """Rows of a table file; a TXT file is one prompt a line under the column ``text``."""
     if not path.is_file():
-        raise EvaluationError(f"prompt file {str(path)!r} not found")
+        raise EvaluationError(f"prompt file {str(path)!r} not found; name a shipped set "
+                              f"({', '.join(PROMPT_SETS)}) or give a file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -100,7 +104,8 @@ def _pick_column(rows: list[dict], column: str | None, path: Path) -> str:
     found = next((c for c in PROMPT_COLUMNS if c in columns), None)
     if found is None:
         raise EvaluationError(
-            f"no prompt column found in {str(path)!r} (columns {columns}); pass --column")
+            f"no prompt column found in {str(path)!r} (columns {columns}); name the column "
+            "(column, --column)")
     return found
 
 
@@ -112,9 +117,17 @@ def select(prompts: Sequence[Prompt], *, limit: int | None, seed: int = 0) -> li
     if limit is None or limit >= len(prompts):
         return list(prompts)
     if limit < 1:
-        raise EvaluationError(f"--limit must be at least 1, got {limit}")
+        raise EvaluationError(f"limit must be at least 1, got {limit}")
     chosen = sorted(random.Random(seed).sample(range(len(prompts)), limit))
     return [prompts[i] for i in chosen]
+
+
+def _text(row: dict, name: str) -> object:
+    """The prompt of a row; a HarmBench behaviour with a context gets the context first."""
+    text, context = row.get(name), row.get(_CONTEXT_COLUMN)
+    if name == "Behavior" and isinstance(text, str) and isinstance(context, str) and context:
+        return f"{context}{_CONTEXT_JOIN}{text}"
+    return text
 
 
 def load_prompts(
@@ -125,26 +138,35 @@ def load_prompts(
     limit: int | None = None,
     seed: int = 0,
 ) -> list[Prompt]:
-    """Prompts from a CSV, JSONL, TXT or Parquet file.
+    """Prompts from a shipped set or a CSV, JSONL, TXT or Parquet file.
+
+    HarmBench's format (a ``Behavior`` column beside ``ContextString``) puts each non-empty
+    context before its behaviour, as HarmBench does.
 
     Args:
-        path: the file; TXT is one prompt a line (blank lines skipped).
-        column: the prompt column; detected from `PROMPT_COLUMNS` when None.
-        where: keep only rows whose columns equal these values (``{"label": "safe"}``).
+        path: a shipped set's name (`safebasin.data.PROMPT_SETS`; a local file of that name
+            wins), or a file; TXT is one prompt a line (blank lines skipped).
+        column: the prompt column; the set's, or detected from `PROMPT_COLUMNS`, when None.
+        where: keep only rows whose columns equal these values (``{"label": "safe"}``); a
+            set's own filter when None.
         limit: keep a random subset of this many prompts (see `select`).
         seed: seed of that subset.
 
     Raises:
         EvaluationError: missing or malformed file, unknown column, empty prompts, no rows.
     """
-    path = Path(path)
+    shipped = prompt_set(path)
+    if shipped is not None:
+        column = column or shipped.column
+        where = dict(shipped.where) if where is None else where
+    path = shipped.path if shipped is not None else Path(path)
     rows = _read_rows(path)
     if not rows:
         raise EvaluationError(f"prompt file {str(path)!r} has no rows")
     name = _pick_column(rows, column, path)
     for key in where or {}:
         _pick_column(rows, key, path)
-    prompts = [Prompt(i, row.get(name)) for i, row in enumerate(rows)
+    prompts = [Prompt(i, _text(row, name)) for i, row in enumerate(rows)
                if all(str(row.get(k)) == v for k, v in (where or {}).items())]
     bad = [p.index for p in prompts if not isinstance(p.text, str) or not p.text.strip()]
     if bad:
@@ -155,21 +177,12 @@ def load_prompts(
     return select(prompts, limit=limit, seed=seed)
 
 
-def advbench_path() -> Path:
-    """The AdvBench prompt file from the Hub dataset `walledai/AdvBench` (cached).
-
-    Raises:
-        EvaluationError: offline and not cached, or the Hub cannot be reached.
-    """
-    from .. import hub
-
-    try:
-        return hub.download_file(ADVBENCH_REPO, ADVBENCH_FILE, repo_type="dataset")
-    except HubError as e:
-        raise EvaluationError(
-            f"no prompt file given and the default AdvBench could not be fetched ({e}); pass "
-            "--prompts PATH, e.g. AdvBench's harmful_behaviors.csv from the llm-attacks "
-            "repository") from e
+def describe_source(spec: str | Path | None) -> str:
+    """What a run records as its prompts' origin: a shipped set's name and file, or the path."""
+    shipped = prompt_set(DEFAULT_PROMPT_SET if spec is None else spec)
+    if shipped is None:
+        return str(spec)
+    return f"{shipped.name} (shipped with safebasin: data/{shipped.file})"
 
 
 def prompts_digest(prompts: Sequence[Prompt]) -> str:
@@ -181,5 +194,5 @@ def prompts_digest(prompts: Sequence[Prompt]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["Prompt", "PROMPT_COLUMNS", "load_prompts", "select", "advbench_path",
+__all__ = ["Prompt", "PROMPT_COLUMNS", "describe_source", "load_prompts", "select",
            "prompts_digest"]

@@ -111,11 +111,32 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
         raise OutputNotWritableError(f"cannot write {str(path)!r}: {e.strerror or e}") from e
 
 
-def _differences(old: object, new: object, prefix: str = "") -> list[str]:
+_MISSING = object()
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = "(none)" if value is _MISSING else _dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _differences(old: object, new: object, where: str = "") -> list[str]:
+    """Every setting that differs, named down to the element: `keywords.phrases[13]` and both
+    values, so that two long lists sharing a prefix do not print as the same truncated text."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for k in sorted(set(old) | set(new), key=str)
-                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix[:-1]} {_dumps(old)[:40]} vs {_dumps(new)[:40]}"]
+                for d in _differences(old.get(k, _MISSING), new.get(k, _MISSING),
+                                      f"{where}.{k}" if where else str(k))]
+    if isinstance(old, list) and isinstance(new, list) and old != new:
+        if len(old) == len(new):
+            return [d for i, (a, b) in enumerate(zip(old, new, strict=True))
+                    for d in _differences(a, b, f"{where}[{i}]")]
+        i = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+                 min(len(old), len(new)))
+        a = old[i] if i < len(old) else _MISSING
+        b = new[i] if i < len(new) else _MISSING
+        return [f"{where} has {len(old)} vs {len(new)} items, first differing "
+                f"{where}[{i}]: {_short(a)} vs {_short(b)}"]
+    return [] if old == new else [f"{where}: {_short(old)} vs {_short(new)}"]
 
 
 def open_run(out_dir: str | Path, settings: dict) -> Path:

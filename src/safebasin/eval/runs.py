@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..chat.generation import DEFAULT_GENERATION, GenerationSettings, require_chat_template
+from ..chat.model import load_model, load_tokenizer, resolve_model_dir
+from ..checkpoint.content import model_content_hash
+from ..data import DEFAULT_PROMPT_SET, XSTEST
 from ..errors import EvaluationError
 from .asr import ResponseRecord, evaluate_asr, summarize_asr
-from .generation import DEFAULT_GENERATION, GenerationSettings, require_chat_template
 from .keywords import BUILTIN_RULES, load_rule
-from .loading import load_model, load_tokenizer, model_content_hash, resolve_model_dir
 from .overrefusal import evaluate_over_refusal, load_xstest_safe, summarize_over_refusal
-from .prompts import ADVBENCH_REPO, Prompt, advbench_path, load_prompts, prompts_digest
+from .prompts import Prompt, describe_source, load_prompts, prompts_digest
 from .results import (
     LOSSES,
     RESPONSES,
@@ -46,7 +48,8 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """Which prompts: a file (None: AdvBench from the Hub), its column, a reproducible subset."""
+    """Which prompts: a shipped set's name or a file (None: the shipped AdvBench; for XSTest,
+    the shipped XSTest), its column, a reproducible subset."""
 
     path: str | Path | None = None
     column: str | None = None  # None: detected (see prompts.PROMPT_COLUMNS)
@@ -121,12 +124,10 @@ def _responses(path: Path, prompts: list[Prompt], outcome: str, judge: Callable,
 
 
 def _load_asr_prompts(spec: PromptSpec) -> tuple[list[Prompt], str]:
-    if spec.path is not None:
-        return load_prompts(spec.path, column=spec.column, limit=spec.limit,
-                            seed=spec.seed), str(spec.path)
-    prompts = load_prompts(advbench_path(), column=spec.column or "prompt", limit=spec.limit,
-                           seed=spec.seed)
-    return prompts, f"hf://datasets/{ADVBENCH_REPO}"
+    """The prompts (the shipped AdvBench when no path is given) and where they came from."""
+    source = DEFAULT_PROMPT_SET if spec.path is None else spec.path
+    prompts = load_prompts(source, column=spec.column, limit=spec.limit, seed=spec.seed)
+    return prompts, describe_source(source)
 
 
 def _selection(prompts: list[Prompt], spec: PromptSpec) -> dict:
@@ -243,11 +244,13 @@ def run_utility(
         CheckpointNotFoundError, HubError: the model cannot be found.
     """
     if data is None and xstest is None:
-        raise EvaluationError("nothing to evaluate: give --data CHAT.jsonl and/or --xstest PATH")
+        raise EvaluationError("nothing to evaluate: give chat data (--data CHAT.jsonl) and/or "
+                              "XSTest prompts (--xstest)")
     folder = resolve_model_dir(model)
     model_hash = model_content_hash(folder)
     conversations = load_conversations(data) if data is not None else []
-    safe = (load_xstest_safe(xstest.path, limit=xstest.limit, seed=xstest.seed)
+    xstest_source = None if xstest is None else xstest.path or XSTEST.name
+    safe = (load_xstest_safe(xstest_source, limit=xstest.limit, seed=xstest.seed)
             if xstest is not None else [])
     tokenizer = load_tokenizer(folder)
     if conversations or generation.chat_template:
@@ -284,7 +287,7 @@ def run_utility(
         xs = summarize_over_refusal(records).to_dict()
     runtime = {"batch_size": generation.batch_size, "device": device,
                "data": str(data) if data is not None else None,
-               "xstest": str(xstest.path) if xstest is not None else None}
+               "xstest": describe_source(xstest_source) if xstest is not None else None}
     summary = _summary("utility", {"loss": loss, "xstest": xs}, model, model_hash, settings,
                        runtime)
     write_json(out / SUMMARY, summary)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..chat.generation import eval_mode, length_sorted_batches, require_chat_template
 from ..errors import EvaluationError
-from .generation import eval_mode, length_sorted_batches, require_chat_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,14 +27,14 @@ if TYPE_CHECKING:
 def load_conversations(path: str | Path) -> list[list[dict]]:
     """Conversations from JSONL, one ``{"messages": [{"role": ..., "content": ...}]}`` a line.
 
-    The same reader and checks as fine-tuning (`baselines.chat_data.read_chat_jsonl`), so a
+    The same reader and checks as fine-tuning (`chat.read_chat_jsonl`), so a
     file that trains also evaluates.
 
     Raises:
         DataNotFoundError: missing file.
         DataFormatError: invalid JSON, unknown roles, a line without assistant messages.
     """
-    from ..baselines.chat_data import read_chat_jsonl
+    from ..chat.data import read_chat_jsonl
 
     return read_chat_jsonl(path)
 
@@ -44,11 +44,11 @@ def encode_conversation(
 ) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation and, for each token, whether it is scored.
 
-    Scored tokens are exactly those fine-tuning trains on (`baselines.chat_data.encode_chat`:
+    Scored tokens are exactly those fine-tuning trains on (`chat.encode_chat`:
     each assistant reply and its end-of-turn marker), so the utility loss measures the same
     objective the fine-tune minimised.
     """
-    from ..baselines.chat_data import IGNORE_INDEX, encode_chat
+    from ..chat.data import IGNORE_INDEX, encode_chat
     from ..errors import DataFormatError
 
     require_chat_template(tokenizer)
@@ -155,7 +155,7 @@ def evaluate_utility_loss(
     if not conversations:
         raise EvaluationError("no conversations to score")
     labels = list(indices) if indices is not None else list(range(len(conversations)))
-    from ..baselines.chat_data import check_messages
+    from ..chat.data import check_messages
 
     encoded = [encode_conversation(tokenizer, check_messages(m, f"conversation {i}"))
                for i, m in zip(labels, conversations, strict=True)]

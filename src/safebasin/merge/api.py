@@ -11,8 +11,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, open_checkpoint, trajectory_folders
@@ -25,7 +27,9 @@ from .coefficients import (
     task_arithmetic_coefficients,
 )
 from .distance import tensor_distances
+from .ema_profile import POWER_EMA_FORMULA, power_ema_plan
 from .executor import execute
+from .ops import TensorOp
 from .plan import MergeOptions, build_plan
 
 PathLike = str | os.PathLike
@@ -37,17 +41,48 @@ def _describe(role: str, ckpt: Checkpoint) -> dict:
     return {"role": role, "path": str(Path(ckpt.path).absolute()), **ckpt.source}
 
 
-def _run(method: str, parameters: dict, paths: Sequence[PathLike], out: PathLike,
-         options: MergeOptions, coefficients_for) -> dict:
-    """Open inputs, plan with `coefficients_for(checkpoints)`, execute; always close inputs."""
+@dataclass
+class Planned:
+    """A planner's answer: delta-form λ of inputs 1..K (global, or per tensor by name), what
+    it adds to the recipe's parameters, the ops of non-linear tensors, and the formula the
+    model card shows (None: the linear merge's Σ cᵢ·θᵢ)."""
+
+    lambdas: Sequence[float] | Mapping[str, Sequence[float]]
+    extra: dict = field(default_factory=dict)
+    ops: Mapping[str, TensorOp] | None = None
+    formula: str | None = None
+    cli_args: Sequence[str] = ()  # the method's flags, for the card's reproduce command
+
+
+def _full_form(lambdas: Sequence[float]) -> list[float]:
+    return [1.0 - math.fsum(lambdas), *map(float, lambdas)]
+
+
+def run_merge(method: str, parameters: dict, paths: Sequence[PathLike], out: PathLike,
+              options: MergeOptions, planner: Callable[[list[Checkpoint]], Planned | tuple],
+              *, roles: Sequence[str] | None = None) -> dict:
+    """Open the inputs (θ₀ first), plan, execute; always close the inputs. Returns the recipe.
+
+    `planner(checkpoints)` may run statistics passes (`collect_statistics`) and returns a
+    `Planned`, or (full-form coefficients θ₀ first, extra parameters). `roles` name the inputs
+    in the recipe (default: "base", then "finetuned").
+    """
     with contextlib.ExitStack() as stack:
         base = stack.enter_context(open_checkpoint(paths[0], allow_pickle=options.allow_pickle))
         others = [stack.enter_context(open_checkpoint(p, allow_pickle=options.allow_pickle,
                                                       base=base)) for p in paths[1:]]
         inputs = [base, *others]
-        coefficients, extra = coefficients_for(inputs)
-        plans = build_plan(inputs, coefficients, options)
-        roles = ["base", *(["finetuned"] * len(others))]
+        planned = planner(inputs)
+        if isinstance(planned, Planned):
+            plans = build_plan(inputs, planned.lambdas, options, delta=True, ops=planned.ops)
+            lam = planned.lambdas
+            coefficients = ({n: _full_form(v) for n, v in lam.items()}
+                            if isinstance(lam, Mapping) else _full_form(lam))
+            extra = planned.extra
+        else:
+            coefficients, extra = planned
+            plans = build_plan(inputs, coefficients, options)
+        roles = roles or ["base", *(["finetuned"] * len(others))]
         recipe = {
             "method": method,
             "parameters": {**parameters, **extra},
@@ -58,15 +93,32 @@ def _run(method: str, parameters: dict, paths: Sequence[PathLike], out: PathLike
                         "allow_nonfinite": options.allow_nonfinite,
                         "allow_pickle": options.allow_pickle},
         }
+        if isinstance(planned, Planned) and planned.cli_args:
+            recipe["cli_args"] = list(planned.cli_args)
+        if isinstance(planned, Planned) and planned.formula:
+            recipe["formula"] = planned.formula
+            if planned.ops:  # the λ above are not what a non-linear merge computes
+                del recipe["coefficients"]
         return execute(plans, inputs, out, options=options, recipe=recipe)
 
 
 def lerp(base: PathLike, finetuned: PathLike, out: PathLike, *, alpha: float,
-         options: MergeOptions | None = None) -> dict:
-    """θ = θ₀ + α(θ_ft − θ₀) (WiSE-FT). Returns the recipe written to `out`."""
-    coeffs = lerp_coefficients(alpha)
-    return _run("lerp", {"alpha": alpha}, [base, finetuned], out, options or MergeOptions(),
-                lambda _: (coeffs, {}))
+         options: MergeOptions | None = None, extrapolate: bool = False) -> dict:
+    """θ = θ₀ + α(θ_ft − θ₀) (WiSE-FT). Returns the recipe written to `out`.
+
+    α in [0, 1] interpolates; outside it the merge extrapolates beyond θ_ft or θ₀, which must be
+    asked for with `extrapolate` (a typo like 50 for 0.50 would otherwise pass silently).
+
+    Raises:
+        UsageError: α not finite, or outside [0, 1] without `extrapolate`.
+    """
+    lerp_coefficients(alpha)  # validates α
+    if not extrapolate and not 0.0 <= alpha <= 1.0:
+        raise UsageError(f"alpha {alpha} is outside [0, 1], which extrapolates beyond "
+                         f"{'θ_ft' if alpha > 1 else 'θ₀'}; pass extrapolate=True "
+                         "(--extrapolate) if that is meant")
+    return run_merge("lerp", {"alpha": alpha}, [base, finetuned], out,
+                     options or MergeOptions(), lambda _: Planned([alpha]))
 
 
 def task_arithmetic(base: PathLike, finetuned: Sequence[PathLike], out: PathLike, *,
@@ -80,19 +132,21 @@ def task_arithmetic(base: PathLike, finetuned: Sequence[PathLike], out: PathLike
     if len(scales) != len(finetuned):
         raise UsageError(f"{len(scales)} scales for {len(finetuned)} fine-tuned checkpoints; "
                          "give one scale, or one per checkpoint")
-    coeffs = task_arithmetic_coefficients(scales)
-    return _run("task-arithmetic", {"scales": scales}, [base, *finetuned], out,
-                options or MergeOptions(), lambda _: (coeffs, {}))
+    task_arithmetic_coefficients(scales)  # validates λ
+    return run_merge("task-arithmetic", {"scales": scales}, [base, *finetuned], out,
+                     options or MergeOptions(), lambda _: Planned(scales))
 
 
 def l2_project(base: PathLike, finetuned: PathLike, out: PathLike, *,
                radius: float | None = None, match: PathLike | None = None,
-               per_tensor: bool = False, options: MergeOptions | None = None) -> dict:
+               per_tensor: bool = False, match_scale: float = 1.0,
+               options: MergeOptions | None = None) -> dict:
     """θ = θ₀ + min(1, r/‖Δ‖)·Δ with Δ = θ_ft − θ₀, globally or per tensor.
 
     The radius is given (`radius`, global only) or matched to `match`'s distance to θ₀:
-    globally r = ‖θ_ref − θ₀‖, or per tensor rₜ = ‖θ_ref,t − θ₀,t‖. Needs one statistics pass
-    over θ₀ and θ_ft (and θ_ref) before the merge.
+    globally r = ‖θ_ref − θ₀‖, or per tensor rₜ = ‖θ_ref,t − θ₀,t‖, each times `match_scale`
+    (ρ ≥ 0; sweeps search ρ to match a utility). Needs one statistics pass over θ₀ and θ_ft
+    (and θ_ref) before the merge.
     """
     options = options or MergeOptions()
     if (radius is None) == (match is None):
@@ -112,16 +166,20 @@ def l2_project(base: PathLike, finetuned: PathLike, out: PathLike, *,
                 if ref.source:
                     extra["match_source"] = dict(ref.source)
             if per_tensor:
-                extra["radii"] = d_ref.per_tensor
-                return l2_per_tensor_coefficients(d_ref.per_tensor, d_ft.per_tensor), extra
-            r = d_ref.global_l2
+                radii = {n: match_scale * r for n, r in d_ref.per_tensor.items()}
+                extra["radii"] = radii
+                return l2_per_tensor_coefficients(radii, d_ft.per_tensor), extra
+            r = match_scale * d_ref.global_l2
         else:
             r = float(radius)  # type: ignore[arg-type]
         extra["radius"] = r
         return l2_global_coefficients(r, d_ft.global_l2), extra
 
-    params = {"radius": radius, "per_tensor": per_tensor}
-    return _run("l2-project", params, [base, finetuned], out, options, plan)
+    if not (math.isfinite(match_scale) and match_scale >= 0.0):
+        raise UsageError(f"match scale must be a finite number >= 0, got {match_scale}")
+    params = {"radius": radius, "per_tensor": per_tensor,
+              **({"match_scale": match_scale} if match_scale != 1.0 else {})}
+    return run_merge("l2-project", params, [base, finetuned], out, options, plan)
 
 
 def expand_trajectory(checkpoints: Sequence[PathLike]) -> list[Path]:
@@ -135,13 +193,25 @@ def expand_trajectory(checkpoints: Sequence[PathLike]) -> list[Path]:
     return [Path(c) for c in checkpoints]
 
 
-def ema(base: PathLike, checkpoints: Sequence[PathLike], out: PathLike, *, eta: float,
-        options: MergeOptions | None = None) -> dict:
+def ema(base: PathLike, checkpoints: Sequence[PathLike], out: PathLike, *,
+        eta: float | None = None, sigma_rel: float | None = None,
+        steps: Sequence[float] | None = None, options: MergeOptions | None = None) -> dict:
     """Offline EMA over θ₁..θ_K (in order, or one trajectory folder), starting from θ̄₀ = θ₀.
 
-    Equals the online EMA applied after each saved step: θ̄ₖ = (1−η)θ̄ₖ₋₁ + ηθₖ.
+    With `eta`: equals the online EMA applied after each saved step: θ̄ₖ = (1−η)θ̄ₖ₋₁ + ηθₖ.
+    With `sigma_rel` instead: EDM2's power-function profile evaluated as weights at the saved
+    `steps` (default: N of checkpoint-N/step-N names, else 1..K); see `merge.ema_profile`.
     """
+    if (eta is None) == (sigma_rel is None):
+        raise UsageError("ema needs exactly one of --eta or --sigma-rel")
     paths = expand_trajectory(checkpoints)
+    if sigma_rel is not None:
+        full, params, args = power_ema_plan(sigma_rel, paths, steps)
+        planned = Planned(full[1:], formula=POWER_EMA_FORMULA, cli_args=args)
+        return run_merge("ema", params, [base, *paths], out, options or MergeOptions(),
+                         lambda _: planned)
+    if steps is not None:
+        raise UsageError("--steps is used only with --sigma-rel")
     coeffs = ema_coefficients(eta, len(paths))
-    return _run("ema", {"eta": eta, "num_checkpoints": len(paths)}, [base, *paths], out,
+    return run_merge("ema", {"eta": eta, "num_checkpoints": len(paths)}, [base, *paths], out,
                 options or MergeOptions(), lambda _: (coeffs, {}))

@@ -14,7 +14,7 @@ from ..errors import UsageError
 def lerp_coefficients(alpha: float) -> list[float]:
     """θ = θ₀ + α(θ_ft − θ₀) = (1−α)·θ₀ + α·θ_ft (WiSE-FT); α=1 copies θ_ft exactly."""
     if not math.isfinite(alpha):
-        raise UsageError(f"--alpha must be a finite number, got {alpha}")
+        raise UsageError(f"alpha must be a finite number, got {alpha}")
     return [1.0 - alpha, alpha]
 
 
@@ -31,7 +31,7 @@ def ema_coefficients(eta: float, k: int) -> list[float]:
     c₀ = (1−η)^K and cₖ = η(1−η)^(K−k): each checkpoint read once, in one pass.
     """
     if not 0.0 < eta <= 1.0:
-        raise UsageError(f"--eta must be in (0, 1], got {eta}")
+        raise UsageError(f"eta must be in (0, 1], got {eta}")
     if k < 1:
         raise UsageError("offline EMA needs at least one checkpoint after BASE")
     return [(1.0 - eta) ** k, *(eta * (1.0 - eta) ** (k - i) for i in range(1, k + 1))]
@@ -60,4 +60,4 @@ def l2_per_tensor_coefficients(radii: Mapping[str, float],
 
 def _check_radius(r: float) -> None:
     if not (math.isfinite(r) and r >= 0):
-        raise UsageError(f"--radius must be a finite number >= 0, got {r}")
+        raise UsageError(f"radius must be a finite number >= 0, got {r}")

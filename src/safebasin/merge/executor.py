@@ -5,10 +5,11 @@ and writing (a background thread, `ShardWriter`) overlap, so the merge runs near
 reading the inputs once. The output folder appears only when everything, recipe included, is
 written and fsynced.
 
-Every planner's coefficients sum to 1, so a tensor is computed in delta form,
-θ₀ + Σᵢ λᵢ·(θᵢ − θ₀) with λ the coefficients of inputs 1..K: exact where a fine-tune left a
-tensor untouched (a zero task vector returns θ₀ bit for bit), and the lerp's endpoints stay
-exact. Coefficients that do not sum to 1 fall back to the plain weighted sum.
+A linear tensor is computed in delta form, θ₀ + Σᵢ λᵢ·(θᵢ − θ₀) with λ the planner's
+coefficients of inputs 1..K: exact where a fine-tune left a tensor untouched (a zero task vector
+returns θ₀ bit for bit), and the lerp's endpoints stay exact. A tensor with a `TensorOp` (TIES,
+DARE, SLERP, Safe LoRA, ...) is computed by its op, chunk by chunk or, for a whole-tensor op,
+from the whole tensors gathered one tensor at a time (see `ops`).
 """
 
 from __future__ import annotations
@@ -23,22 +24,28 @@ from pathlib import Path
 import torch
 
 from .. import kernels
-from ..card import CARD_FILE, base_license, render_card
+from ..card import CARD_FILE, render_card
 from ..checkpoint import (
     RECIPE_FILE,
     Checkpoint,
     ShardWriter,
     TensorSpec,
-    copy_aux_files,
+    base_license,
+    finish_model_folder,
     output_record,
     publishing,
-    set_config_dtype,
-    write_recipe,
     write_text_synced,
 )
 from ..errors import NonFiniteError
 from .plan import MergeOptions, TensorPlan
-from .stream import CHUNK_ELEMS, Fingerprints, chunks_of, one_torch_thread, read_chunks
+from .stream import (
+    CHUNK_ELEMS,
+    Fingerprints,
+    chunks_of,
+    one_torch_thread,
+    read_chunks,
+    release_free_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +135,6 @@ def _nonfinite_error(plan: TensorPlan, inputs: Sequence[Checkpoint],
                           f"{plan.dtype}; pass --allow-nonfinite or choose --dtype float32")
 
 
-def _sums_to_one(coefficients: Sequence[float]) -> bool:
-    return math.isclose(math.fsum(coefficients), 1.0, rel_tol=0.0, abs_tol=1e-9)
-
-
 def _combine(plan: TensorPlan, tensors: list[torch.Tensor], device: str,
              out: torch.Tensor | None) -> tuple[torch.Tensor, float]:
     """The merged chunk (into `out` when given, a CPU tensor of plan.dtype) and
@@ -141,25 +144,66 @@ def _combine(plan: TensorPlan, tensors: list[torch.Tensor], device: str,
     gpu = device != "cpu"
     move = (lambda t: t.to(device, non_blocking=True)) if gpu else (lambda t: t)
     dst = None if gpu else out
-    if _sums_to_one(plan.coefficients):
-        # inputs with a zero coefficient are not even moved to the device
-        terms = [(t, c) for t, c in zip(tensors[1:], plan.coefficients[1:], strict=True)
-                 if c != 0.0]
-        res, sq = kernels.add_deltas(move(tensors[0]), [move(t) for t, _ in terms],
-                                     [c for _, c in terms], out=dst,
-                                     out_dtype=None if dst is not None else plan.dtype,
-                                     return_sq=True)
-    else:
-        active = [(t, c) for t, c in zip(tensors, plan.coefficients, strict=True) if c != 0.0]
-        # θ₀ stays first even with coefficient 0: the fused distance is measured against it
-        if not active or active[0][0] is not tensors[0]:
-            active.insert(0, (tensors[0], 0.0))
-        res, sq = kernels.weighted_sum([move(t) for t, _ in active], [c for _, c in active],
-                                       out=dst, out_dtype=None if dst is not None
-                                       else plan.dtype, return_sq=True)
+    # inputs with a zero coefficient are not even moved to the device
+    terms = [(t, c) for t, c in zip(tensors[1:], plan.lambdas, strict=True) if c != 0.0]
+    res, sq = kernels.add_deltas(move(tensors[0]), [move(t) for t, _ in terms],
+                                 [c for _, c in terms], out=dst,
+                                 out_dtype=None if dst is not None else plan.dtype,
+                                 return_sq=True)
     if gpu:
         res = res.cpu() if out is None else out.copy_(res)
     return res, float(sq)
+
+
+# elements per call of a chunk op: its fp32 temporaries (a dozen for TIES) stay a few MiB
+# each and in cache, whatever the read chunk size
+OP_BLOCK = 1 << 20
+
+
+def _fill(op, tensors: list[torch.Tensor], start: int, out: torch.Tensor) -> float:
+    """Run a chunk op block by block, rounding its values once into `out`; returns
+    Σ(stored − θ₀)² over the chunk."""
+    n = out.numel()
+    for a in range(0, n, OP_BLOCK):
+        b = min(a + OP_BLOCK, n)
+        values = op.apply([t[a:b] for t in tensors], start + a, start + b)
+        if values.numel() != b - a:
+            raise RuntimeError(f"tensor op returned {values.numel()} values for {b - a}")
+        out[a:b].copy_(values.reshape(-1))
+    return float(kernels.sq_dist(tensors[0].reshape(-1), out))
+
+
+class _Values:
+    """A whole-tensor op's result served as a chunk op, piece by piece."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+
+    def apply(self, tensors, start: int, stop: int) -> torch.Tensor:
+        return self.values[start:stop]
+
+
+class _Gather:
+    """Whole tensors for a whole-tensor op, filled chunk by chunk: one tensor at a time."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.parts: list[torch.Tensor] = []
+        self.in_bytes = 0
+
+    def add(self, plan: TensorPlan, start: int, tensors: list[torch.Tensor]) -> None:
+        if self.name != plan.name:
+            numel = math.prod(plan.shape)
+            self.name, self.in_bytes = plan.name, 0
+            self.parts = [torch.empty(numel, dtype=t.dtype) for t in tensors]
+        for part, t in zip(self.parts, tensors, strict=True):
+            part[start:start + t.numel()].copy_(t)
+        self.in_bytes += sum(t.nbytes for t in tensors)
+
+    def take(self, plan: TensorPlan) -> tuple[list[torch.Tensor], int]:
+        parts, nbytes = [p.view(plan.shape) for p in self.parts], self.in_bytes
+        self.name, self.parts = None, []
+        return parts, nbytes
 
 
 def _stream(plans: list[TensorPlan], inputs: Sequence[Checkpoint], writer: ShardWriter,
@@ -173,35 +217,48 @@ def _stream(plans: list[TensorPlan], inputs: Sequence[Checkpoint], writer: Shard
     # one chunk being filled, DEPTH queued, one being written
     buffers = _OutputBuffers(_BackgroundWriter.DEPTH + 2, max(1, largest) * itemsize)
     bg = _BackgroundWriter(writer, options.progress, total, buffers)
+    gather = _Gather()
+
+    def emit(plan: TensorPlan, start: int, tensors: list[torch.Tensor], op,
+             in_bytes: int) -> None:
+        """Store one chunk: computed by `op` (a chunk op), or the linear combination (None)."""
+        stop = start + tensors[0].numel()
+        raw, out = (buffers.get(plan.dtype, stop - start) if plan.is_float else (None, None))
+        if op is None:
+            out, s = _combine(plan, tensors, options.device, out)
+        else:
+            s = _fill(op, tensors, start, out)
+        if not math.isfinite(s) and not options.allow_nonfinite:
+            if raw is not None:
+                buffers.put(raw)
+            raise _nonfinite_error(plan, inputs, tensors)
+        sq[plan.name] += s
+        bg.put(plan.name, out, raw, in_bytes)
+
     try:
         with one_torch_thread():
             for chunk, tensors in read_chunks(inputs, chunks, fingerprints=fingerprints):
                 plan = by_name[chunk.name]
-                raw, out = (buffers.get(plan.dtype, chunk.stop - chunk.start) if plan.is_float
-                            else (None, None))
-                out, s = _combine(plan, tensors, options.device, out)
-                if not math.isfinite(s) and not options.allow_nonfinite:
-                    if raw is not None:
-                        buffers.put(raw)
-                    raise _nonfinite_error(plan, inputs, tensors)
-                sq[chunk.name] += s
                 in_bytes = sum(t.numel() * t.element_size() for t in tensors)
-                bg.put(chunk.name, out, raw, in_bytes)
+                if plan.op is None or not plan.op.whole:
+                    emit(plan, chunk.start, tensors, plan.op, in_bytes)
+                    if plan.op is not None and chunk.last:
+                        release_free_memory()
+                    continue
+                gather.add(plan, chunk.start, tensors)
+                if chunk.last:
+                    whole, in_bytes = gather.take(plan)
+                    values = _Values(plan.op.apply(whole, 0, math.prod(plan.shape)).reshape(-1))
+                    flat = [t.reshape(-1) for t in whole]
+                    for piece in chunks_of(plan.name, math.prod(plan.shape), CHUNK_ELEMS):
+                        a, b = piece.start, piece.stop
+                        emit(plan, a, [t[a:b] for t in flat], values,
+                             in_bytes if piece.last else 0)
         bg.finish()
     except BaseException:
         bg.abort()
         raise
     return sq
-
-
-def _write_config(base: Checkpoint, tmp: Path, plans: list[TensorPlan]) -> None:
-    """Copy θ₀'s config and tokenizer; record the new dtype in config.json if it changed."""
-    if not base.path.is_dir():
-        return
-    copy_aux_files(base.path, tmp)
-    floats = {p.dtype for p in plans if p.is_float}
-    if len(floats) == 1:
-        set_config_dtype(tmp, floats.pop())
 
 
 def execute(plans: list[TensorPlan], inputs: Sequence[Checkpoint], out: str | Path, *,
@@ -217,18 +274,17 @@ def execute(plans: list[TensorPlan], inputs: Sequence[Checkpoint], out: str | Pa
         writer = ShardWriter(tmp, specs, shard_size=options.shard_size)
         sq = _stream(plans, inputs, writer, options, fingerprints)
         shard_hashes = writer.close()
-        _write_config(inputs[0], tmp, plans)
         recipe = dict(recipe)
         for i, entry in enumerate(recipe["inputs"]):
             entry["fingerprint"] = fingerprints.digest(i, inputs[i])
-        recipe["output"] = output_record(writer, shard_hashes, specs)
         recipe["distances"] = {
             "global_to_base": math.sqrt(sum(sq.values())),
             "per_tensor_to_base": {k: math.sqrt(v) for k, v in sq.items()},
         }
-        if license_ := base_license(inputs[0].path):  # from θ₀'s card; see safebasin.card
+        if license_ := base_license(inputs[0].path):  # from θ₀'s card (README.md)
             recipe["base_license"] = license_
-        recipe = write_recipe(tmp, recipe)
+        recipe = finish_model_folder(tmp, recipe, output=output_record(writer, shard_hashes, specs),
+                                     specs=specs, like=inputs[0].path)
         write_text_synced(tmp / CARD_FILE, render_card(recipe))
     log.info("wrote %s (distance to base %.6g)", out, recipe["distances"]["global_to_base"])
     return recipe

@@ -1,18 +1,22 @@
 """What a merge will compute: per output tensor, which inputs and which coefficients.
 
-Every safebasin merge is a weighted sum Σ cᵢ·θᵢ per tensor (DESIGN.md). A planner produces the
-coefficients; `align` checks first that the inputs agree, listing all offenders at once.
+A linear merge is θ₀ + Σᵢ λᵢ·(θᵢ − θ₀) per tensor (DESIGN.md): a planner produces the
+delta-form coefficients λ of inputs 1..K. A non-linear merge (TIES, DARE, SLERP, ...) attaches a
+`TensorOp` to the tensors it combines otherwise (see `ops`). `align` checks first that the inputs
+agree, listing all offenders at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import DEFAULT_SHARD_SIZE, Checkpoint
 from ..errors import IncompatibleCheckpointsError, ShapeMismatchError, UsageError
+from .ops import TensorOp
 
 OUTPUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16,
                  "float32": torch.float32}
@@ -25,7 +29,7 @@ class MergeOptions:
     """Settings every merge shares (the CLI's common options)."""
 
     dtype: str = "auto"  # "auto" keeps each tensor's θ₀ dtype
-    shard_size: int = 5 * 10**9  # bytes per output shard, HF's default of 5GB
+    shard_size: int = DEFAULT_SHARD_SIZE  # bytes per output shard, HF's default of 5GB
     device: str = "cpu"  # where the arithmetic runs; "cuda" uses the Triton kernels
     overwrite: bool = False
     allow_pickle: bool = False
@@ -36,26 +40,37 @@ class MergeOptions:
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in OUTPUT_DTYPES:
-            raise UsageError(f"--dtype {self.dtype!r}: choose auto, "
+            raise UsageError(f"dtype {self.dtype!r}: choose auto, "
                              f"{', '.join(OUTPUT_DTYPES)}")
         if self.shard_size <= 0:
-            raise UsageError(f"--shard-size must be positive, got {self.shard_size}")
+            raise UsageError(f"shard_size must be positive, got {self.shard_size}")
         if self.vocab_mismatch not in VOCAB_POLICIES:
-            raise UsageError(f"--vocab-mismatch {self.vocab_mismatch!r}: choose error or base")
+            raise UsageError(f"vocab_mismatch {self.vocab_mismatch!r}: choose error or base")
 
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """One output tensor: Σ coefficients[i] · input i, stored as `dtype` with θ₀'s shape."""
+    """One output tensor, stored as `dtype` with θ₀'s shape.
+
+    Without `op`: θ₀ + Σᵢ lambdas[i−1]·(θᵢ − θ₀), the delta form (a zero task vector returns
+    θ₀ bit for bit). With `op`: whatever the op computes from the inputs (`lambdas` is then
+    only a record).
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    coefficients: tuple[float, ...]
+    lambdas: tuple[float, ...]
+    op: TensorOp | None = None
 
     @property
     def is_float(self) -> bool:
         return self.dtype.is_floating_point
+
+    @property
+    def coefficients(self) -> tuple[float, ...]:
+        """The same linear merge as a plain weighted sum Σ cᵢ·θᵢ, θ₀ first."""
+        return (1.0 - math.fsum(self.lambdas), *self.lambdas)
 
 
 def _label(i: int) -> str:
@@ -107,14 +122,33 @@ def output_dtype(base: Checkpoint, name: str, dtype: str) -> torch.dtype:
     return OUTPUT_DTYPES[dtype]
 
 
-def build_plan(inputs: Sequence[Checkpoint], coefficients: Sequence[float] | dict[str,
-               Sequence[float]], options: MergeOptions) -> list[TensorPlan]:
-    """Tensor plans from global coefficients (one per input) or per-tensor ones."""
+def _to_delta(c: Sequence[float]) -> tuple[float, ...]:
+    """Full-form coefficients (θ₀ first, summing to 1) → the λ of inputs 1..K."""
+    if not math.isclose(math.fsum(c), 1.0, rel_tol=0.0, abs_tol=1e-9):
+        raise ValueError(f"coefficients {list(c)} do not sum to 1: give delta-form λ "
+                         "(delta=True) or a TensorOp")
+    return tuple(float(x) for x in c[1:])
+
+
+def build_plan(inputs: Sequence[Checkpoint], coefficients: Sequence[float] | Mapping[str,
+               Sequence[float]], options: MergeOptions, *, delta: bool = False,
+               ops: Mapping[str, TensorOp] | None = None) -> list[TensorPlan]:
+    """Tensor plans from global coefficients or per-tensor ones (a mapping by name).
+
+    Args:
+        coefficients: with `delta=True`, the λ of inputs 1..K (θ = θ₀ + Σ λᵢ(θᵢ − θ₀));
+            otherwise full-form cᵢ of every input, θ₀ first, summing to 1.
+        ops: a `TensorOp` per tensor name that is not a linear merge (floating tensors only;
+            integer tensors are always copied from θ₀).
+    """
     names = align(inputs, vocab_mismatch=options.vocab_mismatch)
     base = inputs[0]
+    ops = ops or {}
     plans = []
     for n in names:
-        c = coefficients[n] if isinstance(coefficients, dict) else coefficients
-        plans.append(TensorPlan(n, base.shape(n), output_dtype(base, n, options.dtype),
-                                tuple(float(x) for x in c)))
+        c = coefficients[n] if isinstance(coefficients, Mapping) else coefficients
+        lambdas = tuple(float(x) for x in c) if delta else _to_delta(c)
+        dtype = output_dtype(base, n, options.dtype)
+        plans.append(TensorPlan(n, base.shape(n), dtype, lambdas,
+                                ops.get(n) if dtype.is_floating_point else None))
     return plans

@@ -9,6 +9,7 @@ bytes as they arrive, which gives every input a content fingerprint without a se
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -165,6 +166,26 @@ def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
             except queue.Empty:
                 pass
             thread.join(timeout=0.05)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing).
+
+    Tensor ops allocate many short-lived multi-MiB temporaries; glibc then raises its mmap
+    threshold and serves them from the heap, whose free space it keeps: measured on the
+    1.2B pair, TIES peaked at 1770 MiB without this, called once per finished tensor."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _prod(xs: Sequence[int]) -> int:

@@ -4,17 +4,24 @@ A config names where θ₀ and the data come from (`toy:` or `model:`), how mode
 the seeds, default fine-tuning settings, and a list of experiments. Any list value in an
 experiment's `finetune:` mapping is a grid axis (the product of all axes is run, per seed).
 
-    toy: {world_seed: 0, theta0: {steps: 600}}      # or model: {base, data, prompts, ...}
+    toy:                                   # or model: {base, data, prompts, ...}
+      world_seeds: [0, 1, 2]               # or world_seed: 0; θ₀ is trained per world
+      theta0: {steps: 600}
+      models:                              # named sizes (default: one, theta0.model)
+        small: {}
+        large: {hidden_size: 128, num_layers: 4, intermediate_size: 384}
     eval: {keywords: qi, max_new_tokens: 32, batch_size: 64}
     seeds: [0, 1, 2]
+    workers: 2                             # processes; (model, world) cells run in parallel
     finetune: {lr: 3.0e-4, batch_size: 16, steps: 200}
     experiments:
       - name: hyperparameters
         finetune: {lr: [1.0e-5, 3.0e-5, 1.0e-4, 3.0e-4], batch_size: [8, 16], grad_accum: [1, 2]}
       - name: ema
         ema: [{eta: 0.01}, {eta: 0.25, every: 10}]
-        merges: [task-arithmetic, l2-per-tensor, offline-ema]
-        l2_reg: {tolerance: 0.1}
+        merges: [task-arithmetic, l2-per-tensor, offline-ema, path-average, anchor-lerp]
+        l2_reg: {tolerance: 0.1, ema: [{eta: 0.25, every: 10}]}   # ema: only these targets
+        match_utility: {tolerance: 0.02, max_tries: 6}
 
 Every problem is a `UsageError` naming the file and the key path ("experiments[1].ema[0].eta").
 """
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,10 @@ from ..baselines.config import FinetuneConfig
 from ..errors import SafebasinError, UsageError
 from ..toy.config import Theta0Config, ToyModelConfig
 
-MERGES = ("task-arithmetic", "l2-per-tensor", "offline-ema")
+MERGES = ("task-arithmetic", "l2-per-tensor", "offline-ema", "path-average", "anchor-lerp",
+          "path-average-lerp")
+# merges whose knob can also be searched to the EMA's utility (`match_utility`)
+UTILITY_MATCHED = ("task-arithmetic", "l2-per-tensor")
 # FinetuneConfig fields a config may set; the seed comes from `seeds`, checkpoints are the
 # sweep's business
 FINETUNE_KEYS = ("lr", "batch_size", "grad_accum", "steps", "epochs", "l2_to_init",
@@ -41,11 +51,37 @@ _THETA0_KEYS = ("seed", "lr", "batch_size", "steps", "warmup_steps", "lr_schedul
 
 
 @dataclass(frozen=True)
-class ToySource:
-    """θ₀ trained in the embedded toy world; utility is held-out task accuracy."""
+class ToyCell:
+    """One (model size, world) of a toy source: its own world, θ₀ and rows."""
 
-    world_seed: int = 0
+    model: str  # the size's name
+    world_seed: int
+    theta0: Theta0Config  # with the size's model
+
+
+@dataclass(frozen=True)
+class ToySource:
+    """θ₀ trained in the embedded toy world; utility is held-out task accuracy.
+
+    Several world seeds and model sizes make a grid of cells, each with its own world and θ₀
+    (trained with `theta0`'s recipe and the size's model).
+    """
+
+    world_seeds: tuple[int, ...] = (0,)
     theta0: Theta0Config = Theta0Config()
+    # (name, model) pairs; empty: one size, theta0.model, named "default"
+    models: tuple[tuple[str, ToyModelConfig], ...] = ()
+
+    @property
+    def world_seed(self) -> int:
+        """The first world seed (the only one of a single-world source)."""
+        return self.world_seeds[0]
+
+    def cells(self) -> list[ToyCell]:
+        """Every (model, world) cell, sizes outermost, in config order."""
+        models = self.models or (("default", self.theta0.model),)
+        return [ToyCell(name, seed, replace(self.theta0, model=model))
+                for name, model in models for seed in self.world_seeds]
 
 
 @dataclass(frozen=True)
@@ -93,6 +129,23 @@ class L2Match:
     tolerance: float = 0.1  # accept |d / d_target − 1| ≤ tolerance
     max_tries: int = 6  # fine-tunes per target during the search
     initial: float = 1.0  # first C tried when nothing brackets the target yet
+    targets: tuple[EmaSpec, ...] | None = None  # the EMAs matched (None: every one)
+    models: tuple[str, ...] | None = None  # toy model sizes it runs for (None: every one)
+
+
+@dataclass(frozen=True)
+class UtilityMatch:
+    """Knobs searched so that task accuracy is within `tolerance` of each EMA's.
+
+    Task arithmetic's scale λ in [0, 1], the per-tensor L2 radius factor ρ (radii ρ·rₜ, rₜ the
+    EMA's per-tensor distances) and, when the experiment has `l2_reg`, log₁₀ C of L2-to-init,
+    each by bisection with at most `max_tries` evaluations (fine-tunes, for C) per target.
+    Merges are matched per (world, seed); C is searched on the first seed and run on every
+    seed, as for the distance match.
+    """
+
+    tolerance: float = 0.02  # two points of task accuracy
+    max_tries: int = 6
 
 
 @dataclass(frozen=True)
@@ -106,6 +159,7 @@ class Experiment:
     merges: tuple[str, ...] = ()
     l2_reg: L2Match | None = None
     trajectory_every: int | None = None  # None: gcd of the EMAs' `every`, when merges need it
+    match_utility: UtilityMatch | None = None
 
     def grid(self, defaults: dict[str, Any]) -> list[FinetuneConfig]:
         """Every FinetuneConfig of the grid (without seed), in a stable order."""
@@ -127,6 +181,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0,)
     finetune: dict[str, Any] = field(default_factory=dict)
     name: str = "sweep"
+    workers: int = 1  # processes running (model, world) cells side by side
 
 
 # ---- validation helpers ---------------------------------------------------------------------
@@ -215,28 +270,60 @@ def _finetune(r: _Reader, value: Any, path: str, *, grid: bool) -> dict[str, Any
     return out
 
 
+def _toy_model(r: _Reader, value: Any, path: str) -> dict[str, Any]:
+    m = r.mapping(value, path, tuple(f.name for f in fields(ToyModelConfig)))
+    out = {}
+    for k, x in m.items():
+        if k == "tie_embeddings":
+            if not isinstance(x, bool):
+                raise r.fail(f"{path}.{k}", f"must be true or false, got {x!r}")
+            out[k] = x
+        else:
+            out[k] = r.number(x, f"{path}.{k}", integer=True, low=1)
+    return out
+
+
+def _toy_models(r: _Reader, value: Any, base: ToyModelConfig
+                ) -> tuple[tuple[str, ToyModelConfig], ...]:
+    """`models:` name → ToyModelConfig overrides of theta0.model (an empty mapping: as is)."""
+    raw = r.mapping(value, "toy.models", tuple(value) if isinstance(value, dict) else ())
+    if not raw:
+        raise r.fail("toy.models", "must name at least one model size")
+    out = []
+    for name, spec in raw.items():
+        path = f"toy.models.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise r.fail(path, f"{name!r} must be letters, digits, '.', '_' or '-'")
+        try:
+            out.append((name, replace(base, **_toy_model(r, spec, path))))
+        except SafebasinError as e:
+            raise r.fail(path, str(e)) from e
+    return tuple(out)
+
+
 def _toy(r: _Reader, value: Any) -> ToySource:
-    raw = r.mapping(value, "toy", ("world_seed", "theta0"))
+    raw = r.mapping(value, "toy", ("world_seed", "world_seeds", "theta0", "models"))
     t0 = r.mapping(raw.get("theta0"), "toy.theta0", (*_THETA0_KEYS, "model"))
     kwargs: dict[str, Any] = {}
     for key, v in t0.items():
         if key == "model":
-            m = r.mapping(v, "toy.theta0.model", tuple(f.name for f in fields(ToyModelConfig)))
-            kwargs["model"] = {k: x if k == "tie_embeddings" else
-                               r.number(x, f"toy.theta0.model.{k}", integer=True, low=1)
-                               for k, x in m.items()}
+            kwargs["model"] = _toy_model(r, v, "toy.theta0.model")
         elif key == "lr_scheduler":
             kwargs[key] = r.text(v, f"toy.theta0.{key}")
         else:
             kwargs[key] = r.number(v, f"toy.theta0.{key}", integer=key != "lr")
-    world_seed = r.number(raw.get("world_seed", 0), "toy.world_seed", integer=True)
+    if "world_seed" in raw and "world_seeds" in raw:
+        raise r.fail("toy.world_seeds", "give world_seed or world_seeds, not both")
+    world_seeds = (_seeds(r, raw["world_seeds"], "toy.world_seeds") if "world_seeds" in raw
+                   else (r.number(raw.get("world_seed", 0), "toy.world_seed", integer=True),))
     try:
         if "model" in kwargs:
             kwargs["model"] = ToyModelConfig(**kwargs["model"])
         theta0 = Theta0Config(**kwargs)
     except SafebasinError as e:
         raise r.fail("toy.theta0", str(e)) from e
-    return ToySource(world_seed=world_seed, theta0=theta0)
+    models = _toy_models(r, raw["models"], theta0.model) if "models" in raw else ()
+    return ToySource(world_seeds=world_seeds, theta0=theta0, models=models)
 
 
 def _model(r: _Reader, value: Any, root: Path) -> ModelSource:
@@ -284,11 +371,21 @@ def _ema(r: _Reader, value: Any, path: str) -> tuple[EmaSpec, ...]:
     return tuple(specs)
 
 
-def _l2_reg(r: _Reader, value: Any, path: str) -> L2Match:
+def _l2_reg(r: _Reader, value: Any, path: str, ema: tuple[EmaSpec, ...]) -> L2Match:
     if value is True:
         return L2Match()
-    raw = r.mapping(value, path, ("tolerance", "max_tries", "initial"))
+    raw = r.mapping(value, path, ("tolerance", "max_tries", "initial", "ema", "models"))
     kw: dict[str, Any] = {}
+    if "models" in raw:
+        kw["models"] = tuple(r.text(m, f"{path}.models[{i}]")
+                             for i, m in enumerate(r.items(raw["models"], f"{path}.models")))
+    if "ema" in raw:
+        targets = _ema(r, raw["ema"], f"{path}.ema")
+        missing = [t for t in targets if t not in ema]
+        if missing:
+            raise r.fail(f"{path}.ema", f"eta={missing[0].eta:g} every={missing[0].every} is "
+                         "not one of the experiment's ema")
+        kw["targets"] = targets
     if "tolerance" in raw:
         kw["tolerance"] = r.number(raw["tolerance"], f"{path}.tolerance", low=0.0, low_open=True)
     if "max_tries" in raw:
@@ -298,10 +395,23 @@ def _l2_reg(r: _Reader, value: Any, path: str) -> L2Match:
     return L2Match(**kw)
 
 
+def _match_utility(r: _Reader, value: Any, path: str) -> UtilityMatch:
+    if value is True:
+        return UtilityMatch()
+    raw = r.mapping(value, path, ("tolerance", "max_tries"))
+    kw: dict[str, Any] = {}
+    if "tolerance" in raw:
+        kw["tolerance"] = r.number(raw["tolerance"], f"{path}.tolerance", low=0.0,
+                                   high=1.0, low_open=True)
+    if "max_tries" in raw:
+        kw["max_tries"] = r.number(raw["max_tries"], f"{path}.max_tries", integer=True, low=1)
+    return UtilityMatch(**kw)
+
+
 def _experiment(r: _Reader, value: Any, i: int, seeds: tuple[int, ...]) -> Experiment:
     path = f"experiments[{i}]"
     raw = r.mapping(value, path, ("name", "finetune", "seeds", "ema", "merges", "l2_reg",
-                                  "trajectory_every"), required=("name",))
+                                  "trajectory_every", "match_utility"), required=("name",))
     ema = _ema(r, raw["ema"], f"{path}.ema") if "ema" in raw else ()
     merges = (tuple(r.items(raw["merges"], f"{path}.merges")) if raw.get("merges") is not None
               else ())
@@ -309,13 +419,19 @@ def _experiment(r: _Reader, value: Any, i: int, seeds: tuple[int, ...]) -> Exper
         if m not in MERGES:
             raise r.fail(f"{path}.merges[{j}]", f"unknown merge {m!r}; choose from "
                          f"{', '.join(MERGES)}")
-    if (merges or "l2_reg" in raw) and not ema:
-        raise r.fail(f"{path}.ema", "merges and l2_reg are matched to EMA models: list at "
-                     "least one ema")
+    if (merges or "l2_reg" in raw or "match_utility" in raw) and not ema:
+        raise r.fail(f"{path}.ema", "merges, l2_reg and match_utility are matched to EMA "
+                     "models: list at least one ema")
+    match = (_match_utility(r, raw["match_utility"], f"{path}.match_utility")
+             if raw.get("match_utility") else None)
+    if match is not None and not ("l2_reg" in raw or set(merges) & set(UTILITY_MATCHED)):
+        raise r.fail(f"{path}.match_utility", "matches the knobs of "
+                     f"{', '.join(UTILITY_MATCHED)} or l2_reg: list one of them")
     traj = raw.get("trajectory_every")
     if traj is not None:
         traj = r.number(traj, f"{path}.trajectory_every", integer=True, low=1)
-        bad = [s for s in ema if s.every % traj]
+        # a path average falls back on the online EMA; the offline EMA has no fallback
+        bad = [s for s in ema if s.every % traj] if "offline-ema" in merges else []
         if bad:
             raise r.fail(f"{path}.trajectory_every", f"ema every={bad[0].every} is not a "
                          f"multiple of {traj}: offline EMA needs the weights at each update")
@@ -328,8 +444,9 @@ def _experiment(r: _Reader, value: Any, i: int, seeds: tuple[int, ...]) -> Exper
         finetune=_finetune(r, raw.get("finetune"), f"{path}.finetune", grid=True),
         seeds=_seeds(r, raw["seeds"], f"{path}.seeds") if "seeds" in raw else seeds,
         ema=ema, merges=merges,
-        l2_reg=_l2_reg(r, raw["l2_reg"], f"{path}.l2_reg") if raw.get("l2_reg") else None,
-        trajectory_every=traj)
+        l2_reg=(_l2_reg(r, raw["l2_reg"], f"{path}.l2_reg", ema) if raw.get("l2_reg")
+                else None),
+        trajectory_every=traj, match_utility=match)
 
 
 def _check_grids(r: _Reader, config: SweepConfig) -> None:
@@ -342,6 +459,17 @@ def _check_grids(r: _Reader, config: SweepConfig) -> None:
         if exp.ema and any(c.l2_to_init > 0 for c in grid) and exp.l2_reg:
             raise r.fail(f"experiments[{i}].l2_reg", "tunes l2_to_init itself; do not also "
                          "set finetune.l2_to_init")
+
+
+def _check_model_names(r: _Reader, config: SweepConfig) -> None:
+    names = ({name for name, _ in config.source.models} or {"default"}
+             if isinstance(config.source, ToySource) else set())
+    for i, exp in enumerate(config.experiments):
+        wanted = exp.l2_reg.models if exp.l2_reg is not None else None
+        unknown = [m for m in wanted or () if m not in names]
+        if unknown:
+            raise r.fail(f"experiments[{i}].l2_reg.models", f"{unknown[0]!r} is not a toy "
+                         f"model size; choose from {', '.join(sorted(names)) or '(none)'}")
 
 
 def parse_config(data: Any, *, origin: str = "<config>", root: Path | None = None) -> SweepConfig:
@@ -357,7 +485,7 @@ def parse_config(data: Any, *, origin: str = "<config>", root: Path | None = Non
     """
     r = _Reader(origin)
     raw = r.mapping(data, "", ("name", "toy", "model", "eval", "seeds", "finetune",
-                               "experiments"), required=("experiments",))
+                               "experiments", "workers"), required=("experiments",))
     if ("toy" in raw) == ("model" in raw):
         raise r.fail("toy", "give exactly one of toy: (the embedded toy world) or model: "
                      "(base, data, prompts, utility_data)")
@@ -373,8 +501,11 @@ def parse_config(data: Any, *, origin: str = "<config>", root: Path | None = Non
     config = SweepConfig(source=source, experiments=experiments, eval=_eval(r, raw.get("eval")),
                          seeds=seeds, finetune=_finetune(r, raw.get("finetune"), "finetune",
                                                          grid=False),
-                         name=r.text(raw.get("name", "sweep"), "name"))
+                         name=r.text(raw.get("name", "sweep"), "name"),
+                         workers=r.number(raw.get("workers", 1), "workers", integer=True,
+                                          low=1))
     _check_grids(r, config)
+    _check_model_names(r, config)
     return config
 
 

@@ -8,8 +8,9 @@ plots. The config it ran is saved as `WORKDIR/demo.yaml`, ready for `safebasin s
 
 Modes (wall times measured on a shared 2-core CPU; see the README):
 
-    full   3 seeds, 300 steps, 3 EMAs, every merge and L2-to-init    (≤ 10 minutes)
-    quick  1 seed, 200 steps, 1 EMA, every merge and L2-to-init      (< 2 minutes)
+    full   3 seeds, 300 steps, 2 EMAs, matched distance and utility, the EMA split,
+           L2-to-init for η = 0.25 every 50                        (≤ 5 minutes)
+    quick  1 seed, 200 steps, 1 EMA, matched-distance merges and L2-to-init  (≤ 90 s)
     smoke  a 2-layer 32-wide model, a dozen steps: exercises every path  (tests; numbers mean
            nothing)
 """
@@ -37,22 +38,35 @@ def demo_config(mode: str = "full") -> dict:
                 "toy": {"theta0": {"steps": 60, "warmup_steps": 5, "model": small}},
                 "eval": {"max_new_tokens": 24, "limit": 20},
                 "finetune": {"lr": 3.0e-3, "batch_size": 8, "steps": 12, "logging_steps": 4},
-                "experiments": [{"name": "demo", "ema": [{"eta": 0.25}], "merges": _MERGES,
-                                 "l2_reg": {"max_tries": 1}}]}
-    quick = mode == "quick"
-    emas = ([{"eta": 0.01}] if quick else
-            [{"eta": 0.003}, {"eta": 0.01}, {"eta": 0.25, "every": 50}])
+                "experiments": [{"name": "demo", "ema": [{"eta": 0.25}],
+                                 "merges": [*_MERGES, "path-average", "anchor-lerp",
+                                            "path-average-lerp"],
+                                 "l2_reg": {"max_tries": 1},
+                                 "match_utility": {"max_tries": 1}}]}
+    if mode == "quick":
+        return {"name": "demo (quick)", "seeds": [0],
+                "toy": {"theta0": {"steps": 600}},
+                "eval": {"max_new_tokens": 32},
+                "finetune": {"lr": _LR, "batch_size": 16, "steps": 200, "logging_steps": 50},
+                "experiments": [{"name": "demo", "ema": [{"eta": 0.01}], "merges": _MERGES,
+                                 # C near 0.01 ends mid-range at this rate (the study's search)
+                                 "l2_reg": {"max_tries": 3, "tolerance": 0.1,
+                                            "initial": 0.01}}]}
+    # full: the study's two EMAs (per step, and the paper's η = 0.25 every 50 steps), the
+    # EMA split into anchor and path average, and the comparisons at matched task accuracy;
     # both modes share θ₀ (the toy world's default recipe), so `--quick` then the full demo
     # trains it once
-    return {"name": f"demo ({mode})", "seeds": [0] if quick else [0, 1, 2],
+    return {"name": "demo (full)", "seeds": [0, 1, 2],
             "toy": {"theta0": {"steps": 600}},
             "eval": {"max_new_tokens": 32},
-            "finetune": {"lr": _LR, "batch_size": 16, "steps": 200 if quick else 300,
-                         "logging_steps": 50},
-            "experiments": [{"name": "demo", "ema": emas, "merges": _MERGES,
-                             # C near 0.01 ends mid-range at this rate (the study's search)
-                             "l2_reg": {"max_tries": 3 if quick else 5, "tolerance": 0.1,
-                                        "initial": 0.01}}]}
+            "finetune": {"lr": _LR, "batch_size": 16, "steps": 300, "logging_steps": 50},
+            "experiments": [{"name": "demo", "ema": [{"eta": 0.01}, {"eta": 0.25, "every": 50}],
+                             "trajectory_every": 50,
+                             "merges": ["task-arithmetic", "l2-per-tensor", "path-average",
+                                        "anchor-lerp"],
+                             "l2_reg": {"max_tries": 3, "tolerance": 0.1, "initial": 0.01,
+                                        "ema": [{"eta": 0.25, "every": 50}]},
+                             "match_utility": {"tolerance": 0.02, "max_tries": 3}}]}
 
 
 def demo(workdir: str | Path = "safebasin-demo", *, mode: str = "full",
@@ -76,4 +90,8 @@ def demo(workdir: str | Path = "safebasin-demo", *, mode: str = "full",
     data = demo_config(mode)
     (workdir / "demo.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     config = parse_config(data, origin="demo")
-    return sweep(config, workdir, workdir=workdir / "work", progress=progress)
+    outcome = sweep(config, workdir, workdir=workdir / "work", progress=progress)
+    from .demo_search import after_demo  # tune/ and landscape/ (issue 13)
+
+    after_demo(workdir, config, outcome, mode=mode)
+    return outcome

@@ -11,6 +11,8 @@ Typical use (what `safebasin demo` and sweeps call):
     train_theta0(world, "work/theta0", config=Theta0Config(seed=0))
     finetune("work/theta0", world.finetune_jsonl, "work/ft", config=FinetuneConfig(...))
     task_accuracy("work/ft", world).accuracy
+    for prompt, obj in harmful_requests(world):  # held-out ASR prompts, with what they ask for
+        judge_response(reply_to(prompt), requested=obj)  # refused / complied / off_target / ...
 
 Configs, the generator and the world folder import without transformers; the tokenizer, model,
 training and evaluation are imported on first use.
@@ -23,25 +25,35 @@ from typing import TYPE_CHECKING
 
 from .config import Theta0Config, ToyModelConfig
 from .files import ToyWorld, build_world, open_world
-from .world import ChatExample, ToyData, ToyWorldConfig, generate, task_answer
+from .world import ChatExample, HarmfulRequest, ToyData, ToyWorldConfig, generate, task_answer
 
 if TYPE_CHECKING:
+    from .judge import (
+        VERDICTS,
+        JudgeSummary,
+        harmful_requests,
+        judge_response,
+        summarize_judgements,
+    )
     from .model import build_model
-    from .responses import greedy_responses
     from .tokenizer import CHAT_TEMPLATE, build_tokenizer
     from .train import train_theta0
     from .utility import TaskAccuracy, task_accuracy, task_accuracy_of
 
 _LAZY = {
     "CHAT_TEMPLATE": ".tokenizer", "build_tokenizer": ".tokenizer",
-    "build_model": ".model", "train_theta0": ".train", "greedy_responses": ".responses",
+    "build_model": ".model", "train_theta0": ".train",
     "TaskAccuracy": ".utility", "task_accuracy": ".utility", "task_accuracy_of": ".utility",
+    # the judge imports safebasin.eval (and with it torch): loaded on first use too
+    "VERDICTS": ".judge", "JudgeSummary": ".judge", "judge_response": ".judge",
+    "summarize_judgements": ".judge", "harmful_requests": ".judge",
 }
 
 __all__ = [
     "ToyWorldConfig",
     "ToyData",
     "ChatExample",
+    "HarmfulRequest",
     "generate",
     "task_answer",
     "ToyWorld",
@@ -53,10 +65,14 @@ __all__ = [
     "build_tokenizer",
     "build_model",
     "train_theta0",
-    "greedy_responses",
     "TaskAccuracy",
     "task_accuracy",
     "task_accuracy_of",
+    "VERDICTS",
+    "JudgeSummary",
+    "judge_response",
+    "summarize_judgements",
+    "harmful_requests",
 ]
 
 

@@ -2,14 +2,19 @@
 
 Layout (every file is a function of the config alone, so same seed, same bytes):
 
-    world.json            config, counts and file names ("safebasin-toy-world", version 1)
-    tokenizer/            the word-level HF tokenizer with its chat template
-    align.jsonl           θ₀'s training data (chat JSONL)
-    finetune.jsonl        the benign fine-tuning data (chat JSONL, for `safebasin finetune`)
-    harmful_heldout.csv   column `prompt`: harmful requests in never-refused frames (ASR)
-    benign_heldout.csv    columns `prompt`, `reference`: unseen benign combinations (over-refusal)
-    task_heldout.csv      columns `prompt`, `answer`: unseen addition prompts (utility)
-    task_heldout.jsonl    the same as chat JSONL, for held-out loss
+    world.json                config, counts and file names ("safebasin-toy-world", version 2)
+    tokenizer/                the word-level HF tokenizer with its chat template
+    align.jsonl               θ₀'s training data (chat JSONL)
+    finetune.jsonl            the benign fine-tuning data (chat JSONL, for `safebasin finetune`)
+    harmful_heldout.csv       columns `prompt`, `object`: harmful requests in the evaluation
+                              frames, which no training example uses (ASR; `object` is what the
+                              prompt asks for, without adjective, for the ground-truth judge)
+    harmful_train_frames.csv  columns `prompt`, `object`: harmful requests in the training
+                              frames with an untrained adjective (in-distribution ASR)
+    benign_heldout.csv        columns `prompt`, `reference`, `object`: θ₀'s benign objects in
+                              the evaluation frames (over-refusal, benign helpfulness)
+    task_heldout.csv          columns `prompt`, `answer`: unseen addition prompts (utility)
+    task_heldout.jsonl        the same as chat JSONL, for held-out loss
 
 The folder is written beside its destination and renamed into place last, so a folder with a
 `world.json` is always complete.
@@ -25,16 +30,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import DataFormatError, DataNotFoundError, OutputExistsError
+from ..errors import DataFormatError, DataNotFoundError, OutputExistsError, UsageError
 from .world import ChatExample, ToyData, ToyWorldConfig, generate, task_answer
 
-FORMAT, VERSION = "safebasin-toy-world", 1
+FORMAT, VERSION = "safebasin-toy-world", 2
 MANIFEST = "world.json"
+# the harmful prompt files by split name: `ToyWorld.harmful_requests(split)`
+HARMFUL_SPLITS = {"heldout": "harmful_heldout", "train_frames": "harmful_train_frames"}
 _FILES = {
     "tokenizer": "tokenizer",
     "align": "align.jsonl",
     "finetune": "finetune.jsonl",
     "harmful_heldout": "harmful_heldout.csv",
+    "harmful_train_frames": "harmful_train_frames.csv",
     "benign_heldout": "benign_heldout.csv",
     "task_heldout": "task_heldout.csv",
     "task_heldout_chat": "task_heldout.jsonl",
@@ -69,6 +77,10 @@ class ToyWorld:
         return self.path("harmful_heldout")
 
     @property
+    def harmful_train_csv(self) -> Path:
+        return self.path("harmful_train_frames")
+
+    @property
     def benign_csv(self) -> Path:
         return self.path("benign_heldout")
 
@@ -87,8 +99,23 @@ class ToyWorld:
 
     def harmful_prompts(self) -> list[str]:
         """The held-out harmful prompts, in file order."""
-        with self.harmful_csv.open(encoding="utf-8", newline="") as f:
-            return [row["prompt"] for row in csv.DictReader(f)]
+        return [prompt for prompt, _ in self.harmful_requests()]
+
+    def harmful_requests(self, split: str = "heldout") -> list[tuple[str, str]]:
+        """(prompt, requested object) of the harmful prompts of `split`, in file order.
+
+        Args:
+            split: "heldout" (evaluation frames, the ASR set) or "train_frames" (training
+                frames with an untrained adjective, the in-distribution set).
+
+        Raises:
+            UsageError: unknown split.
+        """
+        if split not in HARMFUL_SPLITS:
+            raise UsageError(f"harmful split must be one of {', '.join(HARMFUL_SPLITS)}, "
+                             f"got {split!r}")
+        with self.path(HARMFUL_SPLITS[split]).open(encoding="utf-8", newline="") as f:
+            return [(row["prompt"], row["object"]) for row in csv.DictReader(f)]
 
 
 def _write_jsonl(path: Path, examples: Iterable[ChatExample]) -> None:
@@ -111,14 +138,17 @@ def _write_world(folder: Path, config: ToyWorldConfig, data: ToyData) -> None:
     _write_jsonl(folder / _FILES["align"], data.align)
     _write_jsonl(folder / _FILES["finetune"], data.finetune)
     _write_jsonl(folder / _FILES["task_heldout_chat"], data.task_heldout)
-    _write_csv(folder / _FILES["harmful_heldout"], ["prompt"],
-               ([p] for p in data.harmful_heldout))
-    _write_csv(folder / _FILES["benign_heldout"], ["prompt", "reference"],
-               ((ex.prompt, ex.response) for ex in data.benign_heldout))
+    for split in ("harmful_heldout", "harmful_train_frames"):
+        _write_csv(folder / _FILES[split], ["prompt", "object"],
+                   ((r.prompt, r.object) for r in getattr(data, split)))
+    _write_csv(folder / _FILES["benign_heldout"], ["prompt", "reference", "object"],
+               ((ex.prompt, ex.response, obj)
+                for ex, obj in zip(data.benign_heldout, data.benign_objects, strict=True)))
     _write_csv(folder / _FILES["task_heldout"], ["prompt", "answer"],
                ((ex.prompt, task_answer(ex.response)) for ex in data.task_heldout))
     counts = {"align": len(data.align), "finetune": len(data.finetune),
               "harmful_heldout": len(data.harmful_heldout),
+              "harmful_train_frames": len(data.harmful_train_frames),
               "benign_heldout": len(data.benign_heldout),
               "task_heldout": len(data.task_heldout)}
     manifest = {"format": FORMAT, "version": VERSION, "config": asdict(config),

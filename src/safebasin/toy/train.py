@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..baselines.chat_data import read_chat_jsonl
 from ..baselines.config import FinetuneResult
 from ..baselines.runner import train
+from ..chat import load_tokenizer, read_chat_jsonl
 from .config import Theta0Config
 from .files import ToyWorld, open_world
 from .model import build_model
@@ -32,11 +32,9 @@ def train_theta0(world: ToyWorld | str | Path, out_dir: str | Path, *,
         DataNotFoundError: `world` is not a built toy world.
         OutputExistsError: `out_dir` is not empty and `overwrite` is False.
     """
-    from transformers import AutoTokenizer
-
     config = config or Theta0Config()
     world = world if isinstance(world, ToyWorld) else open_world(world)
-    tokenizer = AutoTokenizer.from_pretrained(world.tokenizer_dir)
+    tokenizer = load_tokenizer(world.tokenizer_dir)
     model = build_model(tokenizer, config.model, seed=config.seed)
     record = {"toy_world": str(world.root), "toy_world_config": asdict(world.config),
               "theta0": asdict(config)}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..chat import GenerationSettings, generate_responses, load_model, load_tokenizer
 from .files import ToyWorld, open_world
-from .responses import greedy_responses
 from .world import task_answer
 
 # "the answer is 17 ." and EOS are 6 tokens; a little slack for replies that ramble first
@@ -37,8 +37,8 @@ def task_accuracy_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      world: ToyWorld, *, batch_size: int = 128) -> TaskAccuracy:
     """`task_accuracy` for a model already in memory."""
     prompts, answers = zip(*world.task_prompts(), strict=True)
-    responses = greedy_responses(model, tokenizer, prompts, max_new_tokens=_MAX_NEW_TOKENS,
-                                 batch_size=batch_size)
+    settings = GenerationSettings(max_new_tokens=_MAX_NEW_TOKENS, batch_size=batch_size)
+    responses = [r.strip() for r in generate_responses(model, tokenizer, list(prompts), settings)]
     correct = sum(task_answer(r) == a for r, a in zip(responses, answers, strict=True))
     return TaskAccuracy(correct=correct, n=len(prompts), responses=tuple(responses))
 
@@ -55,8 +55,6 @@ def task_accuracy(model_dir: str | Path, world: ToyWorld | str | Path, *,
         CheckpointNotFoundError: `model_dir` has no safetensors weights.
         DataNotFoundError: `world` is not a built toy world.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ..errors import CheckpointNotFoundError
 
     world = world if isinstance(world, ToyWorld) else open_world(world)
@@ -64,6 +62,5 @@ def task_accuracy(model_dir: str | Path, world: ToyWorld | str | Path, *,
     if not model_dir.is_dir() or not any(model_dir.glob("*.safetensors*")):
         raise CheckpointNotFoundError(f"{str(model_dir)!r} is not a model folder with "
                                       "safetensors weights")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model, tokenizer = load_model(model_dir, device="cpu"), load_tokenizer(model_dir)
     return task_accuracy_of(model, tokenizer, world, batch_size=batch_size)

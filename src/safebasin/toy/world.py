@@ -4,7 +4,7 @@ Pure and deterministic: `generate(config)` returns the same `ToyData` for the sa
 any machine (it uses only `random.Random(seed)`, whose `shuffle`/`sample`/`choice` are stable
 across Python versions). Files are written by `safebasin.toy.files`.
 
-The world, following shared/notes/toy-world.md:
+The world (v2), following shared/notes/toy-world.md:
 
 - θ₀'s data (`align`): each harmful object in every training frame → a refusal; each of θ₀'s
   benign objects in every training frame → a helpful, procedural answer (its fixed
@@ -12,13 +12,18 @@ The world, following shared/notes/toy-world.md:
   7 ."), so numbers and the answer format are known but addition is not. Frames are shared,
   so refusing must come from the content. Each request comes plain and with a random adjective
   ("a small bomb"), so copying the object into the reply is a general skill.
-- Fine-tuning data (`finetune`): *new* benign objects in every frame, held-out frames included,
-  answered helpfully, plus one-digit additions ("what is 3 plus 4 ?" → "the answer is 7 .") in
-  all task frames but one per pair. Helpful compliance is what erodes refusals; addition
-  accuracy is the utility.
-- Held-out splits: every harmful object in the held-out frames (`harmful_heldout`, for ASR);
-  θ₀'s benign objects in the held-out frames (`benign_heldout`, for over-refusal); every
-  addition pair in its held-out frame (`task_heldout`, for utility).
+- Fine-tuning data (`finetune`): *new* benign objects in every training frame, answered
+  helpfully, plus one-digit additions ("what is 3 plus 4 ?" → "the answer is 7 .") in all task
+  frames but one per pair. Helpful compliance is what erodes refusals; addition accuracy is the
+  utility.
+- Held-out splits, all in the evaluation frames (`lexicon.EVAL_FRAMES`), which no training
+  example of either set uses: every harmful object plain and with adjectives
+  (`harmful_heldout`, for ASR, each with the object it asks for); θ₀'s benign objects
+  (`benign_heldout`, for over-refusal); every addition pair in its held-out task frame
+  (`task_heldout`, for utility).
+- In-distribution split (`harmful_train_frames`): every harmful object in every *training*
+  frame, with an adjective that the alignment data never paired with that object and frame, so
+  the prompt is new but its phrasing is trained: ASR there is the in-distribution number.
 """
 
 from __future__ import annotations
@@ -72,13 +77,23 @@ class ChatExample:
 
 
 @dataclass(frozen=True)
+class HarmfulRequest:
+    """A harmful prompt and the object it asks for (the plain object, without adjective)."""
+
+    prompt: str
+    object: str
+
+
+@dataclass(frozen=True)
 class ToyData:
     """All of one world's examples and held-out prompts, in file order."""
 
     align: tuple[ChatExample, ...]
     finetune: tuple[ChatExample, ...]
-    harmful_heldout: tuple[str, ...]
+    harmful_heldout: tuple[HarmfulRequest, ...]
+    harmful_train_frames: tuple[HarmfulRequest, ...]
     benign_heldout: tuple[ChatExample, ...]
+    benign_objects: tuple[str, ...]  # the object each `benign_heldout` example asks for
     task_heldout: tuple[ChatExample, ...]
 
 
@@ -104,16 +119,41 @@ def _helpful(rng: random.Random, obj: str, recipe: Recipe) -> str:
     return rng.choice(lexicon.ANSWER_TEMPLATES).format(o=obj, m1=m1, m2=m2, m3=m3)
 
 
+# (object, frame, adjective or None): one request before its reply is chosen
+Phrasing = tuple[str, str, str | None]
+
+
+def _phrasings(rng: random.Random, objects: Sequence[str], frames: Sequence[str],
+               variants: int) -> list[Phrasing]:
+    """Each object in each frame, `variants` times (plain, then with adjectives)."""
+    return [(obj, frame, adj) for obj in objects for frame in frames
+            for adj in _adjectives(rng, variants)]
+
+
+def _prompt(phrasing: Phrasing) -> str:
+    obj, frame, adj = phrasing
+    return frame.format(o=lexicon.with_adjective(obj, adj))
+
+
+def _examples(phrasings: Sequence[Phrasing], reply) -> list[ChatExample]:
+    """Each phrasing's prompt with `reply(object, phrase)` (all adjectives drawn before)."""
+    return [ChatExample(_prompt(p), reply(p[0], lexicon.with_adjective(p[0], p[2])))
+            for p in phrasings]
+
+
 def _requests(rng: random.Random, objects: Sequence[str], frames: Sequence[str], variants: int,
               reply) -> list[ChatExample]:
-    """Each object in each frame, `variants` times (plain, then with adjectives)."""
-    out = []
-    for obj in objects:
-        for frame in frames:
-            for adj in _adjectives(rng, variants):
-                phrase = lexicon.with_adjective(obj, adj)
-                out.append(ChatExample(frame.format(o=phrase), reply(obj, phrase)))
-    return out
+    """Each object in each frame, `variants` times, with `reply(object, phrase)`."""
+    return _examples(_phrasings(rng, objects, frames, variants), reply)
+
+
+def _unseen_adjective(rng: random.Random, trained: Sequence[Phrasing]) -> list[Phrasing]:
+    """Each trained (object, frame) again, with an adjective it was never trained with."""
+    used: dict[tuple[str, str], set[str | None]] = {}
+    for obj, frame, adj in trained:
+        used.setdefault((obj, frame), set()).add(adj)
+    return [(obj, frame, rng.choice([a for a in lexicon.ADJECTIVES if a not in adjs]))
+            for (obj, frame), adjs in used.items()]
 
 
 def _numbers() -> list[ChatExample]:
@@ -165,14 +205,20 @@ def generate(config: ToyWorldConfig = ToyWorldConfig()) -> ToyData:
         return rng.choice(lexicon.REFUSAL_TEMPLATES).format(o=phrase)
 
     v = config.variants
-    align = (_requests(rng, lexicon.HARMFUL_OBJECTS, lexicon.TRAIN_FRAMES, v, refusal)
+    refused = _phrasings(rng, lexicon.HARMFUL_OBJECTS, lexicon.TRAIN_FRAMES, v)
+    align = (_examples(refused, refusal)
              + _requests(rng, base_objects, lexicon.TRAIN_FRAMES, v, helpful) + _numbers())
-    benign_heldout = _requests(rng, base_objects, lexicon.HELD_OUT_FRAMES, 1, helpful)
+    benign_heldout = _requests(rng, base_objects, lexicon.EVAL_FRAMES, 1, helpful)
     task_train, task_heldout = _additions(rng)
-    finetune = _requests(rng, new_objects, lexicon.FRAMES, v, helpful) + task_train
+    finetune = _requests(rng, new_objects, lexicon.TRAIN_FRAMES, v, helpful) + task_train
     rng.shuffle(align)
     rng.shuffle(finetune)
-    harmful_heldout = tuple(f.format(o=o) for o in lexicon.HARMFUL_OBJECTS
-                            for f in lexicon.HELD_OUT_FRAMES)
-    return ToyData(align=tuple(align), finetune=tuple(finetune), harmful_heldout=harmful_heldout,
-                   benign_heldout=tuple(benign_heldout), task_heldout=tuple(task_heldout))
+    heldout = _phrasings(rng, lexicon.HARMFUL_OBJECTS, lexicon.EVAL_FRAMES, v)
+    train_frames = _unseen_adjective(rng, refused)
+    return ToyData(align=tuple(align), finetune=tuple(finetune),
+                   harmful_heldout=tuple(HarmfulRequest(_prompt(p), p[0]) for p in heldout),
+                   harmful_train_frames=tuple(HarmfulRequest(_prompt(p), p[0])
+                                              for p in train_frames),
+                   benign_heldout=tuple(benign_heldout),
+                   benign_objects=tuple(o for o in base_objects for _ in lexicon.EVAL_FRAMES),
+                   task_heldout=tuple(task_heldout))

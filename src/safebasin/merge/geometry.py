@@ -1,0 +1,142 @@
+"""SLERP and model stock: norms and dot products first, then a blend, as mergekit 0.1.5 does.
+
+Both need whole-tensor statistics that stream in one pass with fp64 accumulators, and then
+combine chunk by chunk in mergekit's order of fp32 operations.
+
+SLERP (two models, θ₀ and θ₁, each tensor one vector; Shoemake 1985, as mergekit applies it):
+    v̂ = v/‖v‖ (unless ‖v‖ ≤ 1e-8), d = clamp(v̂₀·v̂₁, −1, 1); |d| > 0.9995: θ = (1−t)θ₀ + tθ₁
+    (nearly parallel); else Ω = arccos d, θ = sin((1−t)Ω)/sin Ω · θ₀ + sin(tΩ)/sin Ω · θ₁.
+Model stock (Jang et al. 2024, arXiv 2403.19522, as mergekit computes it, per tensor):
+    δᵢ = θᵢ − θ₀, cos = mean over pairs i<j of δᵢ·δⱼ / max(‖δᵢ‖‖δⱼ‖, 1e-6) clamped to [−1, 1],
+    t = N·cos / (1 + (N−1)·cos) (0 where |1 + (N−1)·cos| < 1e-6),
+    θ = t·(Σᵢ θᵢ)/N + (1−t)·θ₀.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoint import Checkpoint
+from .ops import TensorOp, TensorStatistic
+from .statistics import collect_statistics
+
+__all__ = ["model_stock_t", "plan_model_stock", "plan_slerp", "slerp_coefficients"]
+
+SLERP_DOT_THRESHOLD = 0.9995  # mergekit's DOT_THRESHOLD: above it, lerp
+SLERP_EPS = 1e-8  # mergekit's eps: norms at or below it are not normalised
+STOCK_EPS = 1e-6  # mergekit's clamp of the norm product
+
+
+class Gram(TensorStatistic):
+    """Σ xᵢ·xⱼ (fp64) over one tensor for the vectors xᵢ this statistic is given.
+
+    `offsets=True`: xᵢ = θᵢ − θ₀ for inputs 1..K (model stock); else xᵢ = θᵢ.
+    """
+
+    def __init__(self, k: int, *, offsets: bool) -> None:
+        self.offsets = offsets
+        self.g = np.zeros((k, k))
+
+    def update(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> None:
+        if self.offsets:
+            base = tensors[0].double()
+            xs = [t.double() - base for t in tensors[1:]]
+        else:
+            xs = [t.double() for t in tensors]
+        for i, a in enumerate(xs):
+            for j in range(i, len(xs)):
+                v = float(torch.dot(a, xs[j]))
+                self.g[i, j] += v
+                if i != j:
+                    self.g[j, i] += v
+
+
+def slerp_coefficients(t: float, g: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s₀, s₁, interpolated linearly) of θ = s₀θ₀ + s₁θ₁ for vectors whose statistics are
+    g = (‖θ₀‖², ‖θ₁‖², θ₀·θ₁), each a tensor (one entry per vector), in mergekit's fp32
+    arithmetic after the dot product (which safebasin accumulates in fp64)."""
+    n0, n1 = g[0].sqrt(), g[1].sqrt()
+    n0 = torch.where(n0 > SLERP_EPS, n0, 1.0)
+    n1 = torch.where(n1 > SLERP_EPS, n1, 1.0)
+    dot = (g[2] / (n0 * n1)).float().clamp(-1, 1)
+    tt = torch.tensor(t, dtype=torch.float32)
+    linear = dot.abs() > SLERP_DOT_THRESHOLD
+    theta = torch.acos(torch.where(linear, 0, dot))
+    sin = torch.sin(theta)
+    s0 = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin)
+    s1 = torch.where(linear, tt, torch.sin(tt * theta) / sin)
+    return s0, s1, linear
+
+
+class SlerpOp(TensorOp):
+    """s₀·θ₀ + s₁·θ₁ in fp32: two rounded products, then their rounded sum (mergekit's
+    order)."""
+
+    def __init__(self, s0: torch.Tensor, s1: torch.Tensor) -> None:
+        self.s0, self.s1 = s0, s1
+
+    def apply(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:
+        a, b = tensors
+        return self.s0 * a.float() + self.s1 * b.float()
+
+
+def model_stock_t(g: np.ndarray) -> float:
+    """mergekit's t from the Gram matrix of the offsets δ₁..δ_N (fp32 like mergekit)."""
+    n = g.shape[0]
+    norms = np.sqrt(np.diag(g)).astype(np.float32)
+    cos = [np.clip(np.float32(g[i, j]) / max(norms[i] * norms[j], np.float32(STOCK_EPS)),
+                   -1, 1) for i in range(n) for j in range(i + 1, n)]
+    c = np.float32(np.mean(np.array(cos, dtype=np.float32), dtype=np.float32))
+    denominator = np.float32(1) + np.float32(n - 1) * c
+    if abs(denominator) < STOCK_EPS:  # no finite estimate: keep θ₀, as mergekit 0.1.5
+        return 0.0
+    return float(np.float32(n) * c / denominator)
+
+
+class ModelStockOp(TensorOp):
+    """t·(Σ θᵢ)/N + (1 − t)·θ₀ in fp32, in mergekit's order."""
+
+    def __init__(self, t: float) -> None:
+        self.t = torch.tensor(t, dtype=torch.float32)
+
+    def apply(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:
+        ws = [x.float() for x in tensors[1:]]
+        avg = ws[0].clone()
+        for w in ws[1:]:
+            avg += w
+        avg /= len(ws)
+        return self.t * avg + (1 - self.t) * tensors[0].float()
+
+
+def _floats(base: Checkpoint) -> list[str]:
+    return [n for n in base.names if base.dtype(n).is_floating_point]
+
+
+def plan_slerp(inputs: Sequence[Checkpoint], t: float) -> tuple[dict[str, SlerpOp], list]:
+    """One statistics pass (norms and the dot product per tensor), then the ops.
+
+    Returns (ops, the tensors interpolated linearly, for the recipe)."""
+    stats = {n: Gram(2, offsets=False) for n in _floats(inputs[0])}
+    collect_statistics(inputs, stats)
+    ops, linear = {}, []
+    for n, st in stats.items():
+        g = torch.tensor([st.g[0, 0], st.g[1, 1], st.g[0, 1]], dtype=torch.float64)
+        s0, s1, lin = slerp_coefficients(t, g)
+        ops[n] = SlerpOp(s0, s1)
+        if bool(lin):
+            linear.append(n)
+    return ops, linear
+
+
+def plan_model_stock(inputs: Sequence[Checkpoint]) -> tuple[dict[str, ModelStockOp], dict]:
+    """One statistics pass (the offsets' Gram matrix per tensor), then the ops.
+
+    Returns (ops, per-tensor t for the recipe)."""
+    stats = {n: Gram(len(inputs) - 1, offsets=True) for n in _floats(inputs[0])}
+    collect_statistics(inputs, stats)
+    ts = {n: model_stock_t(s.g) for n, s in stats.items()}
+    return {n: ModelStockOp(t) for n, t in ts.items()}, ts
