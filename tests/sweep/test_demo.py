@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,14 @@ def test_demo_again_reuses_everything(demo):
     assert result.exit_code == 0, result.output
     with (workdir / "results.csv").open() as f:
         assert list(csv.DictReader(f)) == rows
+
+
+def test_demo_maps_readable_names_to_model_folders(demo):
+    workdir, _, _ = demo
+    lines = (workdir / "models.csv").read_text(encoding="utf-8").splitlines()
+    named = dict(line.split(",", 1) for line in lines[1:])
+    assert lines[0] == "name,path"
+    assert set(named) == {"theta0", "finetune", "harmful_prompts", "tuned"}
+    assert (Path(named["theta0"]) / "config.json").is_file()
+    assert any(Path(named["finetune"]).glob("*.safetensors"))
+    assert (workdir / "landscape" / "landscape.csv").is_file()

@@ -72,3 +72,9 @@ def demo_cmd(workdir, quick, smoke, threads, reproducible, quiet):
                        progress=lambda label: bar(1))
     _print_outcome(outcome, workdir)
     click.echo(f"config: {workdir / 'demo.yaml'} (rerun or edit it with `safebasin sweep`)")
+    models = workdir / "models.csv"
+    if models.is_file():  # readable names for the hash-named model folders
+        click.echo(f"models ({models}):")
+        for line in models.read_text(encoding="utf-8").splitlines()[1:]:
+            name, _, path = line.partition(",")
+            click.echo(f"  {name:<16} {path}")

@@ -92,6 +92,16 @@ def _plain_finetune(work: Path, rows: list[dict]) -> Path | None:
     return run_dir if any(run_dir.glob("*.safetensors")) else None
 
 
+MODELS_FILE = "models.csv"
+
+
+def _write_models_csv(workdir: Path, named: dict[str, Path]) -> None:
+    """`WORKDIR/models.csv`: readable names for the hash-named folders a newcomer needs next
+    (θ₀, the plain fine-tune, the held-out prompts, the tuned merge)."""
+    lines = ["name,path"] + [f"{name},{Path(path).absolute()}" for name, path in named.items()]
+    (workdir / MODELS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def after_demo(workdir: str | Path, config, outcome, *, mode: str) -> DemoSearch | None:
     """The demo's search, given the finished sweep (`config`, its `outcome`): θ₀ and the toy
     world come from the sweep's cached preparation, the fine-tune from its plain `finetune`
@@ -105,10 +115,13 @@ def after_demo(workdir: str | Path, config, outcome, *, mode: str) -> DemoSearch
                     "skipped")
         return None
     prepared = prepare(config.source.cells()[0], work)  # cached: reads, trains nothing
+    _write_models_csv(Path(workdir), {"theta0": prepared.base, "finetune": finetuned,
+                                      "harmful_prompts": prepared.prompts_file,
+                                      "tuned": Path(workdir) / "tune"})
     return demo_search(workdir, base=prepared.base, finetuned=finetuned,
                        prompts=prepared.prompts_file, prompt_column=prepared.prompt_column,
                        utility_data=prepared.world.task_jsonl, mode=mode,
                        max_new_tokens=config.eval.max_new_tokens)
 
 
-__all__ = ["DemoSearch", "MAX_ASR", "after_demo", "demo_search"]
+__all__ = ["DemoSearch", "MAX_ASR", "MODELS_FILE", "after_demo", "demo_search"]
