@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .._fs import fsync_dir
 from ..errors import OutputExistsError, OutputLockedError, OutputNotWritableError, UsageError
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,6 @@ def _check_not_inside_inputs(dest: Path, inputs: Sequence[Path]) -> None:
         if d in folder.parents:
             raise UsageError(f"{dest}: output must not contain an input ({p}); replacing it "
                              "would delete that input; choose another -o")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _open_lock(lock_path: Path, dest: Path) -> int:
@@ -155,7 +148,7 @@ def publishing(dest: str | os.PathLike, *, overwrite: bool = False,
         try:
             yield tmp
             try:
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
                 _replace(tmp, dest, overwrite)
             except OSError as e:
                 raise OutputNotWritableError(f"{dest}: cannot publish: {e.strerror or e}") from e
@@ -195,14 +188,14 @@ def _replace(tmp: Path, dest: Path, overwrite: bool) -> None:
             old = dest.parent / f".{dest.name}.safebasin-tmp-old-{os.getpid()}"
             os.rename(dest, old)
             os.rename(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
     else:
         os.rename(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
 
 def copy_aux_files(src: Path, dst: Path) -> list[str]:

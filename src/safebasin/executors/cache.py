@@ -41,20 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._fs import fsync_dir
 from .points import Point
 
 log = logging.getLogger(__name__)
 
 CLAIM_FILE = ".claim"
 DEFAULT_LEASE_S = 300.0
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -68,7 +61,7 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _pid_alive(pid: int) -> bool:

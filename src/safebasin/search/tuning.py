@@ -127,17 +127,24 @@ def _rows(s: Search, results: dict[float, PointResult], full: float, max_asr: fl
     return rows
 
 
+# how this run obtained a row (from the cache, in how many seconds), not what it measured: kept
+# out of the CSVs so that the same search gives the same bytes on every run and machine
+_RUN_FIELDS = ("cached", "seconds")
+
+
 def write_rows_csv(rows: list, path: Path, *, prefix: dict | None = None) -> Path:
-    """Dataclass rows as CSV (written to a temp file, renamed into place)."""
+    """Dataclass rows as CSV, without the run's timings (written to a temp file, renamed into
+    place)."""
     prefix = prefix or {}
-    names = [*prefix, *(f.name for f in fields(rows[0]))] if rows else list(prefix)
+    names = [*prefix, *(f.name for f in fields(rows[0]) if f.name not in _RUN_FIELDS)] \
+        if rows else list(prefix)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=names, lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({**prefix, **{k: ("" if v is None else v) for k, v in
-                                     asdict(r).items()}})
+                                     asdict(r).items() if k not in _RUN_FIELDS}})
     os.replace(tmp, path)
     return path
 
