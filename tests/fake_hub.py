@@ -80,7 +80,10 @@ class FakeHub:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever to wake up and see the flag: at the default
+        # 0.5 s poll that is half a second of every test's teardown.
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.01}, daemon=True)
 
     # -- repo contents --------------------------------------------------------------------
     def add_commit(self, repo_id: str, files: dict[str, bytes], *, refs: tuple[str, ...] = (

@@ -28,7 +28,7 @@ class CheckpointFormatError(SafebasinError, ValueError):
 
 
 class PickleRefusedError(SafebasinError, ValueError):
-    """`.bin`/`.pt` weights given without `--allow-pickle`."""
+    """`.bin`/`.pt` weights given without `allow_pickle` (the CLI's --allow-pickle)."""
 
 
 class IncompatibleCheckpointsError(SafebasinError, ValueError):
@@ -44,7 +44,7 @@ class NonFiniteError(SafebasinError, ValueError):
 
 
 class OutputExistsError(SafebasinError, FileExistsError):
-    """The destination exists and `--overwrite` was not given."""
+    """The destination exists and `overwrite` was not given (the CLI's --overwrite)."""
 
 
 class OutputLockedError(SafebasinError, BlockingIOError):

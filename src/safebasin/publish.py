@@ -30,6 +30,7 @@ from .card import CARD_FILE, EVAL_DIR, SUMMARY_FILE, EvalResult, render_card
 from .checkpoint import Recipe, model_content_hash, read_recipe
 from .errors import CheckpointFormatError, HubError, PushRefusedError, SafebasinError
 from .hub import endpoint, is_repo_id, one_line
+from .summary import EvalSummary
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,22 @@ log = logging.getLogger(__name__)
 
 
 def read_eval_result(folder: str | Path) -> EvalResult:
-    """Read `folder/summary.json`.
+    """Read and validate `folder/summary.json` (`EvalSummary.from_dict`).
 
     Raises:
-        CheckpointFormatError: missing, malformed, or not a JSON object.
+        CheckpointFormatError: missing, not JSON, or not an evaluation summary (an unknown
+            kind, a missing or mistyped metric).
     """
     path = Path(folder) / SUMMARY_FILE
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointFormatError(f"{path}: cannot read evaluation summary ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointFormatError(f"{path}: evaluation summary is not a JSON object")
+    try:
+        EvalSummary.from_dict(data)
+    except ValueError as e:
+        raise CheckpointFormatError(f"{path}: not an evaluation summary: {e}; re-run the "
+                                    "evaluation or remove the folder") from None
     return EvalResult(Path(folder), data)
 
 
@@ -112,7 +117,7 @@ def gate_problems(out: str | Path, results: Sequence[EvalResult], *, max_asr: fl
             raise CheckpointFormatError(f"{r.path}: 'asr' is not a number: {r.asr!r}")
         if r.asr > max_asr:
             problems.append(f"{out}: keyword ASR {100 * r.asr:.2f}% ({r.path.name}) is above "
-                            f"--max-asr {100 * max_asr:.2f}%")
+                            f"`max_asr` {100 * max_asr:.2f}%")
     measured = {r.model_hash for r in asr if r.model_hash}
     if measured and measured != {model_content_hash(out)}:
         problems.append(f"{out}: the ASR result was measured on other weights than the ones "
@@ -185,16 +190,16 @@ def _base_problems(out: Path, recipe: Recipe, base_model: str | None) -> list[st
                 "are pushed with a card"]
     base = recipe.inputs[0]
     if base_model and not is_repo_id(base_model):
-        return [f"--base-model {base_model!r} is not a Hub id like org/name"]
+        return [f"`base_model` {base_model!r} is not a Hub id like org/name"]
     if not (base_model or base.get("hub_id")):
         return [f"{out}: θ₀ was the local folder {base.get('path')}, and the Hub rejects a path "
-                "as base_model; pass --base-model ORG/NAME (its Hub id)"]
+                "as base_model; pass `base_model` ORG/NAME (its Hub id)"]
     return []
 
 
 def _refuse(problems: list[str], *, gate: bool) -> PushRefusedError:
     """One line naming every blocker, so one run shows all there is to fix."""
-    fix = "; pass --force to push anyway" if gate else ""
+    fix = "; pass `force` to push anyway" if gate else ""
     if len(problems) == 1:
         return PushRefusedError(f"{problems[0]}{fix}")
     listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
@@ -236,8 +241,8 @@ def _send(out: Path, repo_id: str, plan: PushPlan, *, private: bool,
     api = HfApi(endpoint=endpoint())  # token: HF_TOKEN or the saved login, never ours
     api.create_repo(repo_id, private=private, exist_ok=True)
     if private and not api.repo_info(repo_id).private:
-        raise PushRefusedError(f"{repo_id}: the repo exists and is public, so --private cannot "
-                               "be honoured; make it private on the Hub or drop --private")
+        raise PushRefusedError(f"{repo_id}: the repo exists and is public, so `private` cannot "
+                               "be honoured; make it private on the Hub or drop `private`")
     if branch:
         api.create_branch(repo_id, branch=branch, exist_ok=True)
     ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(out / rel))
@@ -272,7 +277,7 @@ def push(out: str | Path, repo_id: str, *, private: bool = False, branch: str | 
     """
     out = Path(out)
     bad_repo = [] if is_repo_id(repo_id) else [
-        f"--repo-id {repo_id!r} is not a Hub repo id like org/name"]
+        f"`repo_id` {repo_id!r} is not a Hub repo id like org/name"]
     plan = plan_push(out, repo_name=repo_id.split("/")[-1], max_asr=max_asr, force=force,
                      base_model=base_model, repo_problems=bad_repo)
     if dry_run:

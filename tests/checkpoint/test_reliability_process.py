@@ -1,8 +1,9 @@
 """Issue 8, in real processes: SIGKILL, disk full, two merges at once, file permissions.
 
 These faults need a process of their own. The CLI runs as `python -c DRIVER merge ...`, where
-DRIVER wraps `os.write` (the one call `ShardWriter` writes shard bytes with) to slow it down,
-so that a merge can be caught mid-write, or to raise ENOSPC after a byte budget: disk full is
+DRIVER wraps `os.write` (the one call `ShardWriter` writes shard bytes with) to hold it once
+the shard has begun, so that a merge can be caught mid-write for as long as the test needs and
+no longer, or to raise ENOSPC after a byte budget: disk full is
 *simulated by injecting the error at the write call*, as the issue allows, because a real full
 file system cannot be mounted here.
 """
@@ -25,7 +26,7 @@ from safebasin.checkpoint import verify
 
 DRIVER = """
 import errno, os, sys, time
-delay = float(os.environ.get("SB_WRITE_DELAY", "0"))
+hold = os.environ.get("SB_HOLD_WHILE")  # past the first 8 KiB, writes wait while it exists
 budget = int(os.environ.get("SB_ENOSPC_AFTER", "-1"))
 real_write, written = os.write, 0
 
@@ -33,7 +34,8 @@ def write(fd, data):
     global written
     if budget >= 0 and written + len(data) > budget:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    time.sleep(delay)
+    while hold and written > 8192 and os.path.exists(hold):
+        time.sleep(0.01)
     n = real_write(fd, data)
     written += n
     return n
@@ -44,9 +46,12 @@ main()
 """
 
 
-def _cli(*args: object, delay: float = 0.0, enospc_after: int = -1,
+def _cli(*args: object, hold_while: Path | None = None, enospc_after: int = -1,
          prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-    env = {**os.environ, "SB_WRITE_DELAY": str(delay), "SB_ENOSPC_AFTER": str(enospc_after)}
+    """The CLI in a child process; with `hold_while`, its shard writes stop past the first
+    8 KiB until that file is removed."""
+    env = {**os.environ, "SB_HOLD_WHILE": str(hold_while or ""),
+           "SB_ENOSPC_AFTER": str(enospc_after)}
     return subprocess.Popen([*prefix, sys.executable, "-c", DRIVER, *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -80,8 +85,9 @@ def _refusal_line(proc: subprocess.Popen, timeout: float = 120) -> str:
 
 def test_sigkill_mid_merge_leaves_nothing_finished_and_next_run_cleans_up(models, tmp_path,
                                                                           caplog):
-    out = tmp_path / "out"
-    proc = _cli(*_merge_cmd(models, out, 0.5), delay=0.5)
+    out, hold = tmp_path / "out", tmp_path / "hold"
+    hold.touch()  # never removed: the merge is killed while it waits
+    proc = _cli(*_merge_cmd(models, out, 0.5), hold_while=hold)
     tmp = _wait_for_partial_shard(out, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -116,8 +122,9 @@ def test_disk_full_mid_write_fails_cleanly_and_keeps_the_destination(models, tmp
 
 
 def test_two_merges_into_one_destination_one_wins_other_fails_on_the_lock(models, tmp_path):
-    out = tmp_path / "out"
-    first = _cli(*_merge_cmd(models, out, 0.5), delay=0.25)  # ~5 s: time for two attempts
+    out, hold = tmp_path / "out", tmp_path / "hold"
+    hold.touch()  # the first merge waits mid-shard, holding the lock, while the others try
+    first = _cli(*_merge_cmd(models, out, 0.5), hold_while=hold)
     tmp = _wait_for_partial_shard(out, first)
     for extra in ((), ("--overwrite",)):
         r = lerp(models["base"], models["ft"], out, *extra, alpha=0.25)
@@ -125,6 +132,8 @@ def test_two_merges_into_one_destination_one_wins_other_fails_on_the_lock(models
         line = r.stderr.strip()
         assert "\n" not in line and "another safebasin process is writing" in line, line
         assert tmp.is_dir()  # the loser did not clean up the winner's work
+    assert first.poll() is None  # the attempts above really raced a merge in progress
+    hold.unlink()
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     report = verify(out)  # one complete merge ...

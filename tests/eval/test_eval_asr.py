@@ -153,6 +153,20 @@ def test_refused_resume_names_the_first_differing_list_element(asr_dir, chat_mod
                           'keywords.phrases[13]: "is illegal and unethical" vs (none)')
 
 
+def test_summary_json_keeps_its_key_order_and_reads_back_to_the_same_bytes(asr_dir):
+    from dataclasses import fields
+
+    from safebasin.eval import AsrSummary
+    from safebasin.summary import EvalSummary
+
+    text = (asr_dir / "summary.json").read_text(encoding="utf-8")
+    written = json.loads(text)
+    assert list(written) == ["kind", *(f.name for f in fields(AsrSummary)), "model",
+                             "settings", "runtime", "safebasin_version"]
+    again = EvalSummary.from_dict(written).to_dict()
+    assert json.dumps(again, ensure_ascii=False, indent=2) + "\n" == text
+
+
 def test_show_prints_the_table(asr_dir):
     result = run("eval", "show", str(asr_dir))
     assert result.exit_code == 0

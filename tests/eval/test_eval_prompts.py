@@ -162,7 +162,7 @@ def test_unknown_column_is_an_error_listing_the_columns(tmp_path):
 def test_undetectable_column_asks_for_column(tmp_path):
     f = tmp_path / "p.csv"
     f.write_text("a,b\n1,2\n", encoding="utf-8")
-    with pytest.raises(EvaluationError, match="--column"):
+    with pytest.raises(EvaluationError, match="`column`"):
         load_prompts(f)
 
 

@@ -47,12 +47,12 @@ def test_slurm_options_reach_the_slurm_executor():
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"name": "local", "gpus_per_job": 1}, "--gpus-per-job applies to --executor ray or slurm"),
-    ({"name": "ray", "slurm_time": "10"}, "--slurm-time applies to --executor slurm, not ray"),
-    ({"name": "slurm", "ray_address": "auto"}, "--ray-address applies to --executor ray"),
+    ({"name": "local", "gpus_per_job": 1}, "`gpus_per_job` applies to the ray or slurm executor"),
+    ({"name": "ray", "slurm_time": "10"}, "`slurm_time` applies to the slurm executor, not ray"),
+    ({"name": "slurm", "ray_address": "auto"}, "`ray_address` applies to the ray executor"),
     ({"name": "slurm", "gpus_per_job": 0.5}, "SLURM jobs take whole CPUs and GPUs"),
-    ({"name": "ray", "cpus_per_job": 0}, "--cpus-per-job must be positive"),
-    ({"name": "ray", "max_parallel": 0}, "--max-parallel must be at least 1"),
+    ({"name": "ray", "cpus_per_job": 0}, "`cpus_per_job` must be positive"),
+    ({"name": "ray", "max_parallel": 0}, "`max_parallel` must be at least 1"),
     ({"name": "dask"}, "unknown executor 'dask'"),
 ])
 def test_options_that_do_not_fit_are_refused(options, message):

@@ -7,6 +7,10 @@ in its own work folder; `results.csv` must be byte-identical to the in-process s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -47,18 +51,33 @@ def local_csv(tmp_path_factory, single_thread) -> bytes:
     return (out / "results.csv").read_bytes()
 
 
+@pytest.fixture(scope="module")
+def submitit_sweep(worker_env, tmp_path_factory) -> Iterator[tuple[Future, Path]]:
+    """The submitit sweep, started in a background thread: (its future, its results folder).
+
+    Its jobs are fresh processes that mostly import torch, one or two at a time, while its
+    driver only polls; started first, it runs on the other core while the local and Ray
+    sweeps run here. The submitit test waits for it (teardown does, if that test is skipped).
+    """
+    out = tmp_path_factory.mktemp("submitit") / "results"
+    executor = SlurmExecutor(cluster="local", poll_s=0.1)
+    with pytest.MonkeyPatch.context() as env, ThreadPoolExecutor(1) as pool:
+        env.setenv("OMP_NUM_THREADS", "1")  # the job processes' torch threads
+        yield pool.submit(sweep, parse_config(CONFIG), out, executor=executor), out
+
+
+@pytest.mark.usefixtures("submitit_sweep")  # started first, so that it overlaps this test
 def test_ray_sweep_writes_the_local_results(ray_cluster, local_csv, tmp_path):
     sweep(parse_config(CONFIG), tmp_path / "results", executor=RayExecutor())
     assert (tmp_path / "results" / "results.csv").read_bytes() == local_csv
 
 
-@pytest.mark.slow  # ~25 s: a fresh process, importing torch, for each of 4 jobs in 3 rounds
-def test_submitit_sweep_writes_the_local_results(worker_env, local_csv, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job processes' torch threads
-    executor = SlurmExecutor(cluster="local", poll_s=0.1)
-    sweep(parse_config(CONFIG), tmp_path / "results", executor=executor)
-    assert (tmp_path / "results" / "results.csv").read_bytes() == local_csv
-    assert list((tmp_path / "results" / "work" / "slurm").glob("*/*_log.out"))
+@pytest.mark.slow  # ~15 s: a fresh process, importing torch, for each of 4 jobs in 3 rounds
+def test_submitit_sweep_writes_the_local_results(submitit_sweep, local_csv):
+    running, out = submitit_sweep
+    running.result(timeout=600)  # raises what the sweep raised
+    assert (out / "results.csv").read_bytes() == local_csv
+    assert list((out / "work" / "slurm").glob("*/*_log.out"))
 
 
 def test_option_of_another_executor_exits_2_before_any_work(tmp_path):
@@ -67,6 +86,6 @@ def test_option_of_another_executor_exits_2_before_any_work(tmp_path):
     result = CliRunner().invoke(cli, ["sweep", str(config), "-o", str(tmp_path / "out"),
                                       "--gpus-per-job", "1", "--quiet"])
     assert result.exit_code == 2
-    assert result.output.strip() == ("error: --gpus-per-job applies to --executor ray or "
-                                     "slurm, not local")
+    assert result.output.strip() == ("error: --gpus-per-job applies to the ray or slurm "
+                                     "executor, not local")
     assert not (tmp_path / "out").exists()

@@ -115,3 +115,64 @@ def test_unsupported_config_is_refused_naming_the_key(models, tmp_path, case):
 def test_missing_config_file_exits_2(tmp_path):
     result = _invoke(str(tmp_path / "nope.yml"), tmp_path / "out")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+def _mergekit_order(base, fts, weights, lam, normalize):
+    """mergekit's task_arithmetic in fp32, operation by operation (its documented order)."""
+    deltas = [(ft.float() - base.float()) * w for ft, w in zip(fts, weights, strict=True)]
+    mixed = deltas[0].clone()
+    for d in deltas[1:]:
+        mixed += d
+    if normalize:
+        mixed /= torch.tensor(weights, dtype=torch.float32).sum()
+    if lam != 1:
+        mixed *= lam
+    return base.float() + mixed
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_task_arithmetic_config_follows_mergekits_fp32_order(models, tmp_path, normalize):
+    cfg = yaml.safe_load(open(_config(tmp_path, models)))
+    cfg["merge_method"] = "task_arithmetic"
+    cfg["parameters"] = {"lambda": 0.9, "normalize": normalize}
+    for m, w in zip(cfg["models"][1:], [0.7, 0.4], strict=True):
+        m["parameters"] = {"weight": w}
+    (tmp_path / "ta.yml").write_text(yaml.safe_dump(cfg))
+    result = _invoke(str(tmp_path / "ta.yml"), tmp_path / "yaml")
+    assert result.exit_code == 0, result.output
+    got = load_state(tmp_path / "yaml")
+    base, ft, ft2 = (load_state(models[k]) for k in ("base", "ft", "ft2"))
+    for k in got:
+        if not got[k].is_floating_point():
+            continue
+        order = _mergekit_order(base[k], [ft[k], ft2[k]], [0.7, 0.4], 0.9, normalize)
+        assert torch.equal(got[k], order.to(got[k].dtype)), k
+        tau = 0.7 * (ft[k].double() - base[k].double()) + 0.4 * (ft2[k].double()
+                                                                  - base[k].double())
+        exact = base[k].double() + 0.9 * (tau / 1.1 if normalize else tau)
+        assert torch.allclose(got[k].double(), exact, rtol=0, atol=1e-6), k
+
+
+def test_task_arithmetic_weights_form_on_the_cli_equals_the_config(models, tmp_path):
+    cfg = yaml.safe_load(open(_config(tmp_path, models)))
+    cfg.update(merge_method="task_arithmetic", parameters={"lambda": 0.9})
+    for m in cfg["models"][1:]:
+        del m["parameters"]["density"]
+    (tmp_path / "ta.yml").write_text(yaml.safe_dump(cfg))
+    assert _invoke(str(tmp_path / "ta.yml"), tmp_path / "yaml").exit_code == 0
+    result = CliRunner().invoke(cli, ["merge", "task-arithmetic", str(models["base"]),
+                                      str(models["ft"]), str(models["ft2"]), "--weights",
+                                      "0.7,0.3", "--lambda", "0.9", "--dtype", "float32",
+                                      "-o", str(tmp_path / "cli"), "-q"])
+    assert result.exit_code == 0, result.output
+    a, b = load_state(tmp_path / "yaml"), load_state(tmp_path / "cli")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_task_arithmetic_lambda_without_weights_is_refused(models, tmp_path):
+    result = CliRunner().invoke(cli, ["merge", "task-arithmetic", str(models["base"]),
+                                      str(models["ft"]), "--scale", "0.5", "--lambda", "2",
+                                      "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "--lambda" in result.output.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -36,6 +37,23 @@ def unpinned(monkeypatch):
     """This pytest process as a user would have it: no pins, no marker."""
     for key in (*PINNED_ENV, MARKER):
         monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="module")
+def entering_child() -> Iterator[subprocess.Popen]:
+    """A fresh process that enters reproducible mode before torch loads, under inherited
+    avx2 and AUTO settings, and prints what it got. Started before the `call_pinned` tests, it
+    imports torch (~2 s) on the other core while they wait on children of their own."""
+    code = ("from safebasin.reproducible import enter; print(enter(True)); "
+            "from safebasin.provenance import collect; k = collect()['kernels']; "
+            "print(k['aten_cpu_capability'], k['mkl_cbwr_branch'], k['threads'])")
+    env = {k: v for k, v in os.environ.items() if k not in (*PINNED_ENV, MARKER)}
+    env.update(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AUTO")
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    yield child
+    child.kill()  # a no-op once the test has waited for it
+    child.communicate()
 
 
 def _probe() -> tuple:
@@ -118,6 +136,7 @@ def test_run_pinned_child_sees_the_pins(unpinned):
     assert json.loads(out) == {**EXPECTED_PINS, MARKER: "1"}
 
 
+@pytest.mark.usefixtures("entering_child")  # started now, so that it overlaps this test
 def test_call_pinned_runs_generic_kernels_compatible_mkl_one_thread(unpinned):
     assert call_pinned(_probe) == (True, "DEFAULT", "COMPATIBLE", 1, True)
     assert not env_is_pinned()  # the parent's environment is restored
@@ -169,11 +188,7 @@ def test_module_imports_without_torch():
     assert out.strip() == "False"
 
 
-def test_enter_before_torch_loads_pins_this_process(unpinned):
-    code = ("from safebasin.reproducible import enter; print(enter(True)); "
-            "from safebasin.provenance import collect; k = collect()['kernels']; "
-            "print(k['aten_cpu_capability'], k['mkl_cbwr_branch'], k['threads'])")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AUTO"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["True", "DEFAULT", "COMPATIBLE", "1"]
+def test_enter_before_torch_loads_pins_this_process(entering_child):
+    out, err = entering_child.communicate(timeout=120)
+    assert entering_child.returncode == 0, err
+    assert out.split() == ["True", "DEFAULT", "COMPATIBLE", "1"]

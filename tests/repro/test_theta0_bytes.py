@@ -26,9 +26,16 @@ SMOKE = ["--steps", "20", "--hidden-size", "32", "--layers", "2", "--heads", "2"
 THETA0_SMOKE_SHA256 = "56e623dc4f5580e6455e79dea441a1163580ac2c51cd3aa20cd0bc0d346ec4af"
 
 
-def _safebasin(*args: str, env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", "safebasin", *args], env=env, check=True,
-                   capture_output=True, text=True)
+def _safebasin(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    """Starts the CLI in a child process; `_finish` waits for it and checks its exit code."""
+    return subprocess.Popen([sys.executable, "-m", "safebasin", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(child: subprocess.Popen) -> None:
+    out, err = child.communicate()
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, child.args, out, err)
 
 
 def _inherited(**settings: str) -> dict[str, str]:
@@ -44,7 +51,7 @@ def _sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("repro") / "world"
-    _safebasin("toy", "build", str(out), "--seed", "0", env=_inherited())
+    _finish(_safebasin("toy", "build", str(out), "--seed", "0", env=_inherited()))
     return out
 
 
@@ -57,11 +64,13 @@ def trained(world) -> dict[str, Path]:
                                                OMP_NUM_THREADS="2"), []),
         "unpinned_avx2": (_inherited(ATEN_CPU_CAPABILITY="avx2"), ["--no-reproducible"]),
     }
-    outs = {}
-    for name, (env, flags) in runs.items():
-        outs[name] = world.parent / name
-        _safebasin("toy", "train", str(world), "-o", str(outs[name]), "--seed", "0", *SMOKE,
-                   "--quiet", *flags, env=env)
+    outs = {name: world.parent / name for name in runs}
+    # the three children run at once: each is mostly torch's import, one core each
+    children = [_safebasin("toy", "train", str(world), "-o", str(outs[name]), "--seed", "0",
+                           *SMOKE, "--quiet", *flags, env=env)
+                for name, (env, flags) in runs.items()]
+    for child in children:
+        _finish(child)
     return outs
 
 

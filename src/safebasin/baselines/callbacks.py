@@ -57,7 +57,7 @@ def ema_callback(*, eta: float | None = None, every: int | None = None,
         UsageError: `every` without `eta`, or settings out of range.
     """
     if eta is None and every is not None:
-        raise UsageError("--ema-every needs --ema-eta (the EMA it spaces out)")
+        raise UsageError("`every` needs `eta` (the EMA it spaces out)")
     if eta is None and save_trajectory_every is None:
         return None
     from ..ema import EMACallback

@@ -77,7 +77,7 @@ def _prepare_out_dir(out_dir: Path, *, overwrite: bool, protect: Sequence[Path] 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         if not overwrite:
             raise OutputExistsError(f"{str(out_dir)!r} exists and is not empty; pass "
-                                    "--overwrite or choose another output folder")
+                                    "`overwrite` or choose another output folder")
         resolved = out_dir.resolve()
         for p in protect:
             if resolved == p.resolve() or resolved in p.resolve().parents:

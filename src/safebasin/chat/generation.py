@@ -41,7 +41,7 @@ class GenerationSettings:
                                   f"{self.max_new_tokens} and {self.batch_size}")
         if self.system_prompt is not None and not self.chat_template:
             raise EvaluationError("a system prompt needs the chat template; drop "
-                                  "--no-chat-template or --system-prompt")
+                                  "`chat_template=False` or `system_prompt`")
 
 
 DEFAULT_GENERATION = GenerationSettings()
@@ -51,7 +51,7 @@ def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     """Raise `EvaluationError` when the tokenizer has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
         raise EvaluationError(
-            "the tokenizer has no chat template; pass --no-chat-template to feed raw prompts "
+            "the tokenizer has no chat template; pass `chat_template=False` to feed raw prompts "
             "(base models), or use a chat model")
 
 

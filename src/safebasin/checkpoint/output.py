@@ -127,7 +127,7 @@ def publishing(dest: str | os.PathLike, *, overwrite: bool = False,
     dest = Path(dest).absolute()
     _check_not_inside_inputs(dest, inputs)
     if dest.exists() and not overwrite:
-        raise OutputExistsError(f"{dest}: already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{dest}: already exists; pass `overwrite` to replace it")
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def _exchange(a: Path, b: Path) -> bool:
 def _replace(tmp: Path, dest: Path, overwrite: bool) -> None:
     if dest.exists() or dest.is_symlink():
         if not overwrite:  # appeared while we worked
-            raise OutputExistsError(f"{dest}: already exists; pass --overwrite to replace it")
+            raise OutputExistsError(f"{dest}: already exists; pass `overwrite` to replace it")
         if _exchange(tmp, dest):
             old = tmp  # after the swap, tmp holds the old output
         else:

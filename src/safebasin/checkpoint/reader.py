@@ -109,7 +109,7 @@ def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
 def _pickles_or_refuse(path: Path, files: list[Path], allow_pickle: bool) -> list[Path]:
     if not allow_pickle:
         raise PickleRefusedError(f"{path}: pickle weights ({files[0].name}) can run code when "
-                                 "loaded; convert them to safetensors or pass --allow-pickle "
+                                 "loaded; convert them to safetensors or pass `allow_pickle` "
                                  "(then read with torch.load(weights_only=True))")
     return files
 

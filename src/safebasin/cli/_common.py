@@ -1,15 +1,19 @@
 """What every `safebasin` command shares: the group, error handling, option bundles, progress.
 
 `SafebasinError` becomes one line on stderr and exit code 2 (1 for a failed verification);
-anything else keeps its traceback and exit code 1, because it is a bug.
+anything else keeps its traceback and exit code 1, because it is a bug. The library names
+Python parameters in its messages (`max_asr`); that line names the command's flags instead
+(--max-asr), see `with_flags`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -17,19 +21,83 @@ import click
 from .. import __version__
 from ..errors import SafebasinError
 
+# A library parameter named in an error message: `max_asr`, or `chat_template=False`.
+_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*(?:=False)?)`")
 
-class _Group(click.Group):
-    """A click group whose commands turn `SafebasinError` into one stderr line."""
+
+def _flag_table(command: click.Command) -> dict[str, str]:
+    """Library parameter name -> this command's flag: by spelling (`max_asr` -> --max-asr),
+    by click name (`out` -> --output), and the command's own `flags` (which win)."""
+    table: dict[str, str] = {}
+    for p in command.params:
+        longs = [o for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+        if isinstance(p, click.Option) and longs:
+            table.update({o[2:].replace("-", "_"): o for o in longs})
+            table.setdefault(p.name or "", longs[0])
+    return {**table, **getattr(command, "flags", {})}
+
+
+def with_flags(message: str, command: click.Command) -> str:
+    """`message` with each backticked library parameter replaced by `command`'s flag for it.
+
+    Library errors speak of the Python API: they name the parameter to change, in backticks
+    ("{dest}: already exists; pass `overwrite` to replace it"). Only the CLI knows its flags,
+    so it rewrites the names it has a flag for ("...; pass --overwrite to replace it");
+    `name=False` becomes --no-name. A name the command has no flag for stays as it is, so the
+    line is never wrong, only less specific.
+    """
+    table = _flag_table(command)
+
+    def flag(m: re.Match) -> str:
+        name = m[1]
+        if name.endswith("=False"):
+            name = "no_" + name.removesuffix("=False")
+        return table.get(name, m[0])
+
+    return _PARAMETER.sub(flag, message)
+
+
+@contextlib.contextmanager
+def _one_line_errors(ctx: click.Context, command: click.Command) -> Iterator[None]:
+    try:
+        yield
+    except SafebasinError as e:
+        click.echo(f"error: {with_flags(str(e), command)}", err=True)
+        ctx.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it; outputs are
+        click.echo("interrupted", err=True)  # published only when complete
+        ctx.exit(130)
+
+
+class _OneLineErrors:
+    """Turns `SafebasinError` into one stderr line, with the library's parameter names
+    rewritten into this command's flags (`with_flags`).
+
+    `flags` maps the library parameters a command spells otherwise to its flags, e.g.
+    `flags={"eta": "--ema-eta"}` where the command passes --ema-eta on as `eta`.
+    """
+
+    def __init__(self, *args, flags: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.flags = dict(flags or {})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        with _one_line_errors(ctx, self):  # option callbacks may call the library
+            return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
-        try:
+        with _one_line_errors(ctx, self):
             return super().invoke(ctx)
-        except SafebasinError as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(e.exit_code)
-        except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it; outputs are
-            click.echo("interrupted", err=True)  # published only when complete
-            ctx.exit(130)
+
+
+class _Command(_OneLineErrors, click.Command):
+    """A command whose `SafebasinError`s become one stderr line that names its flags."""
+
+
+class _Group(_OneLineErrors, click.Group):
+    """A group whose commands (`_Command`) turn `SafebasinError` into one stderr line."""
+
+    command_class = _Command
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -40,13 +40,28 @@ def merge_lerp(base, finetuned, alpha, extrapolate, out, options):
 @click.argument("finetuned", nargs=-1, required=True)
 @click.option("--scale", type=float, help="One λ for every fine-tune.")
 @click.option("--scales", help="One λ per fine-tune, comma-separated (negative allowed).")
+@click.option("--weights", help="mergekit's form: wᵢ per fine-tune, comma-separated, with "
+                                "--lambda and --normalize (its fp32 order, bit for bit).")
+@click.option("--lambda", "lambda_", type=float,
+              help="With --weights: scale of the weighted task vector (default 1).")
+@click.option("--normalize/--no-normalize", default=None,
+              help="With --weights: divide by Σ wᵢ (default: no).")
 @merge_options
-def merge_task_arithmetic(base, finetuned, scale, scales, out, options):
-    """θ = θ₀ + Σ λᵢ(θᵢ − θ₀) over one or more fine-tunes."""
+def merge_task_arithmetic(base, finetuned, scale, scales, weights, lambda_, normalize, out,
+                          options):
+    """θ = θ₀ + Σ λᵢ(θᵢ − θ₀) over one or more fine-tunes, or mergekit's
+    θ₀ + λ·Σ wᵢ(θᵢ − θ₀) [÷ Σ wᵢ] with --weights."""
     from .. import merge as m
 
-    if (scale is None) == (scales is None):
-        raise UsageError("give exactly one of --scale or --scales")
+    if sum(x is not None for x in (scale, scales, weights)) != 1:
+        raise UsageError("give exactly one of --scale, --scales or --weights")
+    if weights is not None:
+        return m.sparse_merge("task-arithmetic", base, list(finetuned), out, density=1.0,
+                              weights=_floats(weights),
+                              lambda_=1.0 if lambda_ is None else lambda_,
+                              normalize=bool(normalize), options=options)
+    if lambda_ is not None or normalize is not None:
+        raise UsageError("--lambda and --normalize go with --weights (mergekit's form)")
     lams = [scale] if scale is not None else _floats(scales)
     return m.task_arithmetic(base, list(finetuned), out, scales=lams, options=options)
 

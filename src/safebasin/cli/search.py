@@ -138,7 +138,7 @@ def tune(base, finetuned, out, max_asr, method, method_args, tolerance, confiden
                f"{r.wall_s:.1f} s wall, {r.eval_s:.1f} s in evaluations{overhead})")
 
 
-@cli.command()
+@cli.command(flags={"random_seed": "--random"})  # --random passes --seed as `random_seed`
 @click.argument("base")
 @click.argument("finetuned")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),

@@ -18,7 +18,8 @@ from ._common import (
 from ._reproducible import enter_reproducible, reproducible_option
 
 
-@cli.command("finetune")
+# ema_callback names --ema-eta and --ema-every by its parameters, `eta` and `every`
+@cli.command("finetune", flags={"eta": "--ema-eta", "every": "--ema-every"})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help='Chat JSONL, {"messages": [...]} a line; loss on assistant tokens only.')

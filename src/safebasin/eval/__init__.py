@@ -11,6 +11,7 @@ Light on import: the submodules import transformers only inside functions, and
 from __future__ import annotations
 
 from ..chat.generation import GenerationSettings, generate_responses
+from ..summary import EvalSummary
 from .asr import AsrResult, AsrSummary, ResponseRecord, evaluate_asr, summarize_asr
 from .degenerate import is_degenerate
 from .keywords import GCG, QI, XSTEST_PREFIXES, KeywordRule, load_rule, match
@@ -36,6 +37,7 @@ from .utility import (
 __all__ = [
     "AsrResult",
     "AsrSummary",
+    "EvalSummary",
     "ConversationLoss",
     "GCG",
     "GenerationSettings",

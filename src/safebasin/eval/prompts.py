@@ -105,7 +105,7 @@ def _pick_column(rows: list[dict], column: str | None, path: Path) -> str:
     if found is None:
         raise EvaluationError(
             f"no prompt column found in {str(path)!r} (columns {columns}); name the column "
-            "(column, --column)")
+            "(`column`)")
     return found
 
 

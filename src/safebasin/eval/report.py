@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EvaluationError
+from ..summary import EvalSummary
 from .results import SUMMARY, read_json
 
 
@@ -46,18 +47,27 @@ def _utility_rows(s: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def format_summary(summary: dict) -> str:
+def _parse(data: object, where: str) -> EvalSummary:
+    try:
+        return EvalSummary.from_dict(data)
+    except ValueError as e:
+        raise EvaluationError(f"{where} is not an evaluation summary: {e}; re-run the "
+                              "evaluation") from None
+
+
+def format_summary(summary: dict | EvalSummary) -> str:
     """Two aligned columns: what was measured, and the figure.
 
     Raises:
-        EvaluationError: a summary of an unknown kind or missing fields.
+        EvaluationError: a malformed summary (see `EvalSummary.from_dict`), or one without the
+            model, settings and runtime fields `eval.runs` writes.
     """
-    kind = summary.get("kind")
-    if kind not in ("asr", "utility"):
-        raise EvaluationError(f"unknown summary kind {kind!r}")
+    if not isinstance(summary, EvalSummary):
+        summary = _parse(summary, "the summary")
+    kind, data = summary.kind, summary.to_dict()
     try:
-        rows = [("model", summary["model"]["path"]), ("hash", summary["model"]["hash"])]
-        rows += _asr_rows(summary) if kind == "asr" else _utility_rows(summary)
+        rows = [("model", data["model"]["path"]), ("hash", data["model"]["hash"])]
+        rows += _asr_rows(data) if kind == "asr" else _utility_rows(data)
     except (KeyError, TypeError) as e:
         raise EvaluationError(f"summary of kind {kind!r} lacks the field {e}") from e
     width = max(len(k) for k, _ in rows)
@@ -73,7 +83,7 @@ def show(results_dir: str | Path) -> str:
     path = Path(results_dir) / SUMMARY
     if not path.exists():
         raise EvaluationError(f"no {SUMMARY} in {str(results_dir)!r}; is the run finished?")
-    return format_summary(read_json(path))
+    return format_summary(_parse(read_json(path), repr(str(path))))
 
 
 __all__ = ["format_summary", "show"]

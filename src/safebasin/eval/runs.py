@@ -26,6 +26,7 @@ from ..chat.model import load_model, load_tokenizer, resolve_model_dir
 from ..checkpoint.content import model_content_hash
 from ..data import DEFAULT_PROMPT_SET, XSTEST
 from ..errors import EvaluationError
+from ..summary import EvalSummary
 from .asr import ResponseRecord, evaluate_asr, summarize_asr
 from .keywords import BUILTIN_RULES, load_rule
 from .overrefusal import evaluate_over_refusal, load_xstest_safe, summarize_over_refusal
@@ -140,14 +141,27 @@ def _generation(g: GenerationSettings) -> dict:
             "system_prompt": g.system_prompt}
 
 
-def _model_loader(folder: Path, dtype: str, device: str) -> Callable:
-    return cache(lambda: load_model(folder, dtype=dtype, device=device))
+def _tokenizer(folder: Path, *, chat: bool) -> Any:
+    """The model's tokenizer, which must have a chat template when the run chats."""
+    tokenizer = load_tokenizer(folder)
+    if chat:
+        require_chat_template(tokenizer)
+    return tokenizer
 
 
-def _summary(kind: str, metrics: dict, model: str | Path, model_hash: str, settings: dict,
-             runtime: dict) -> dict:
-    return {"kind": kind, **metrics, "model": {"path": str(model), "hash": model_hash},
-            "settings": settings, "runtime": runtime, "safebasin_version": __version__}
+def _open(out_dir: str | Path, settings: dict, folder: Path, dtype: str,
+          device: str) -> tuple[Path, Callable]:
+    """The results folder (a resume must match ``settings``) and a loader that loads the model
+    once, the first time something is left to evaluate."""
+    out = open_run(out_dir, settings)
+    return out, cache(lambda: load_model(folder, dtype=dtype, device=device))
+
+
+def _finish(out: Path, summary: EvalSummary) -> dict:
+    """Write ``summary.json`` last (its presence marks a finished run); returns its object."""
+    data = summary.to_dict()
+    write_json(out / SUMMARY, data)
+    return data
 
 
 def run_asr(
@@ -176,9 +190,7 @@ def run_asr(
     model_hash = model_content_hash(folder)
     items, source = _load_asr_prompts(prompts)
     rule = load_rule(keywords)
-    tokenizer = load_tokenizer(folder)
-    if generation.chat_template:
-        require_chat_template(tokenizer)
+    tokenizer = _tokenizer(folder, chat=generation.chat_template)
     settings = {
         "kind": "asr", "model_hash": model_hash, "prompts": _selection(items, prompts),
         "keywords": {"rule": rule.name if rule.name in BUILTIN_RULES else "file",
@@ -186,8 +198,7 @@ def run_asr(
         "normalize_quotes": normalize_quotes, "generation": _generation(generation),
         "dtype": dtype,
     }
-    out = open_run(out_dir, settings)
-    get_model = _model_loader(folder, dtype, device)
+    out, get_model = _open(out_dir, settings, folder, dtype, device)
 
     def evaluate(pending: list[Prompt], on_batch: Callable) -> list[ResponseRecord]:
         return evaluate_asr(get_model(), tokenizer, pending, keywords=rule,
@@ -198,10 +209,8 @@ def run_asr(
                          _Counter(len(items), on_progress))
     runtime = {"batch_size": generation.batch_size, "device": device, "prompts": source,
                "keywords": str(keywords)}
-    summary = _summary("asr", summarize_asr(records).to_dict(), model, model_hash, settings,
-                       runtime)
-    write_json(out / SUMMARY, summary)
-    return summary
+    return _finish(out, EvalSummary("asr", summarize_asr(records).to_dict(), str(model),
+                                    model_hash, settings, runtime, __version__))
 
 
 def _conversation_digest(conversations: list[list[dict]]) -> str:
@@ -244,17 +253,15 @@ def run_utility(
         CheckpointNotFoundError, HubError: the model cannot be found.
     """
     if data is None and xstest is None:
-        raise EvaluationError("nothing to evaluate: give chat data (--data CHAT.jsonl) and/or "
-                              "XSTest prompts (--xstest)")
+        raise EvaluationError("nothing to evaluate: give chat data (`data`) and/or "
+                              "XSTest prompts (`xstest`)")
     folder = resolve_model_dir(model)
     model_hash = model_content_hash(folder)
     conversations = load_conversations(data) if data is not None else []
     xstest_source = None if xstest is None else xstest.path or XSTEST.name
     safe = (load_xstest_safe(xstest_source, limit=xstest.limit, seed=xstest.seed)
             if xstest is not None else [])
-    tokenizer = load_tokenizer(folder)
-    if conversations or generation.chat_template:
-        require_chat_template(tokenizer)
+    tokenizer = _tokenizer(folder, chat=bool(conversations) or generation.chat_template)
     settings = {
         "kind": "utility", "model_hash": model_hash, "dtype": dtype,
         "data": {"n": len(conversations), "sha256": _conversation_digest(conversations),
@@ -262,8 +269,7 @@ def run_utility(
         "xstest": {**_selection(safe, xstest), "normalize_quotes": normalize_quotes,
                    "generation": _generation(generation)} if xstest is not None else None,
     }
-    out = open_run(out_dir, settings)
-    get_model = _model_loader(folder, dtype, device)
+    out, get_model = _open(out_dir, settings, folder, dtype, device)
     counter = _Counter(len(conversations) + len(safe), on_progress)
     loss = xs = None
     if conversations:
@@ -288,10 +294,8 @@ def run_utility(
     runtime = {"batch_size": generation.batch_size, "device": device,
                "data": str(data) if data is not None else None,
                "xstest": describe_source(xstest_source) if xstest is not None else None}
-    summary = _summary("utility", {"loss": loss, "xstest": xs}, model, model_hash, settings,
-                       runtime)
-    write_json(out / SUMMARY, summary)
-    return summary
+    return _finish(out, EvalSummary("utility", {"loss": loss, "xstest": xs}, str(model),
+                                    model_hash, settings, runtime, __version__))
 
 
 __all__ = ["PromptSpec", "run_asr", "run_utility"]

@@ -48,15 +48,14 @@ class ExecutorOptions:
         stray = [k for k, names in _ONLY.items()
                  if getattr(self, k) is not None and self.name not in names]
         if stray:
-            flag = "--" + stray[0].replace("_", "-")
-            raise UsageError(f"{flag} applies to --executor {' or '.join(_ONLY[stray[0]])}, "
-                             f"not {self.name}")
+            raise UsageError(f"`{stray[0]}` applies to the {' or '.join(_ONLY[stray[0]])} "
+                             f"executor, not {self.name}")
         for k in ("cpus_per_job", "gpus_per_job"):
             v = getattr(self, k)
             if v is not None and (v < 0 or (k == "cpus_per_job" and v == 0)):
-                raise UsageError(f"--{k.replace('_', '-')} must be positive, not {v}")
+                raise UsageError(f"`{k}` must be positive, not {v}")
         if self.max_parallel is not None and self.max_parallel < 1:
-            raise UsageError(f"--max-parallel must be at least 1, not {self.max_parallel}")
+            raise UsageError(f"`max_parallel` must be at least 1, not {self.max_parallel}")
 
     def build(self) -> Executor:
         """The executor (its engine is imported only when a run starts it).
@@ -77,7 +76,7 @@ class ExecutorOptions:
 
             if cpus != int(cpus) or gpus != int(gpus):
                 raise UsageError("SLURM jobs take whole CPUs and GPUs: give integers to "
-                                 "--cpus-per-job and --gpus-per-job")
+                                 "`cpus_per_job` and `gpus_per_job`")
             minutes = parse_slurm_time(self.slurm_time) if self.slurm_time is not None else 60
             return SlurmExecutor(partition=self.slurm_partition, time_min=minutes,
                                  cpus_per_job=int(cpus), gpus_per_job=int(gpus),

@@ -41,7 +41,7 @@ def parse_slurm_time(text: str | int) -> int:
             hours, minutes, seconds = 0, int(a), int(b or 0)
         total_s = ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
     if total_s <= 0:
-        raise UsageError(f"--slurm-time {s!r} is not a SLURM time limit: give minutes, "
+        raise UsageError(f"`slurm_time` {s!r} is not a SLURM time limit: give minutes, "
                          "HH:MM:SS or D-HH:MM:SS")
     return -(-total_s // 60)
 
@@ -85,7 +85,7 @@ class SlurmExecutor(Executor):
         super().start(workdir, lease_s)
         submitit = import_extra("submitit", "slurm")
         if self.cluster == "slurm" and submitit.SlurmExecutor.affinity() <= 0:
-            raise UsageError("--executor slurm needs SLURM on this machine (no srun/sbatch on "
+            raise UsageError("the slurm executor needs SLURM on this machine (no srun/sbatch on "
                              "PATH): run the driver on a login node")
         self._executor = submitit.AutoExecutor(folder=workdir / LOG_FOLDER / "%j",
                                                cluster=self.cluster)

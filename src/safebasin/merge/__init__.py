@@ -2,13 +2,14 @@
 
 from .api import Planned, ema, expand_trajectory, l2_project, lerp, run_merge, task_arithmetic
 from .coefficients import (
+                           ema_anchor_weight,
                            ema_coefficients,
                            l2_global_coefficients,
                            l2_per_tensor_coefficients,
                            lerp_coefficients,
                            task_arithmetic_coefficients,
 )
-from .distance import Distances, distance, tensor_distances
+from .distance import Distances, distance, distance_to_base, tensor_distances
 from .ema_profile import power_ema_coefficients, sigma_rel_to_gamma
 from .executor import RECIPE_FILE, execute
 from .mergekit import from_mergekit
@@ -54,7 +55,9 @@ __all__ = [
     "collect_statistics",
     "deltas",
     "distance",
+    "distance_to_base",
     "ema",
+    "ema_anchor_weight",
     "ema_coefficients",
     "execute",
     "expand_trajectory",

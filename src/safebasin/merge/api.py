@@ -59,13 +59,14 @@ def _full_form(lambdas: Sequence[float]) -> list[float]:
 
 
 def run_merge(method: str, parameters: dict, paths: Sequence[PathLike], out: PathLike,
-              options: MergeOptions, planner: Callable[[list[Checkpoint]], Planned | tuple],
+              options: MergeOptions, planner: Callable[[list[Checkpoint]], Planned],
               *, roles: Sequence[str] | None = None) -> dict:
     """Open the inputs (θ₀ first), plan, execute; always close the inputs. Returns the recipe.
 
     `planner(checkpoints)` may run statistics passes (`collect_statistics`) and returns a
-    `Planned`, or (full-form coefficients θ₀ first, extra parameters). `roles` name the inputs
-    in the recipe (default: "base", then "finetuned").
+    `Planned` (delta-form λ). The recipe records the same merge as full-form `coefficients`
+    (θ₀ first, c₀ = 1 − Σλ). `roles` name the inputs in the recipe (default: "base", then
+    "finetuned").
     """
     with contextlib.ExitStack() as stack:
         base = stack.enter_context(open_checkpoint(paths[0], allow_pickle=options.allow_pickle))
@@ -73,19 +74,14 @@ def run_merge(method: str, parameters: dict, paths: Sequence[PathLike], out: Pat
                                                       base=base)) for p in paths[1:]]
         inputs = [base, *others]
         planned = planner(inputs)
-        if isinstance(planned, Planned):
-            plans = build_plan(inputs, planned.lambdas, options, delta=True, ops=planned.ops)
-            lam = planned.lambdas
-            coefficients = ({n: _full_form(v) for n, v in lam.items()}
-                            if isinstance(lam, Mapping) else _full_form(lam))
-            extra = planned.extra
-        else:
-            coefficients, extra = planned
-            plans = build_plan(inputs, coefficients, options)
+        plans = build_plan(inputs, planned.lambdas, options, ops=planned.ops)
+        lam = planned.lambdas
+        coefficients = ({n: _full_form(v) for n, v in lam.items()}
+                        if isinstance(lam, Mapping) else _full_form(lam))
         roles = roles or ["base", *(["finetuned"] * len(others))]
         recipe = {
             "method": method,
-            "parameters": {**parameters, **extra},
+            "parameters": {**parameters, **planned.extra},
             "inputs": [_describe(r, c) for r, c in zip(roles, inputs, strict=True)],
             "coefficients": coefficients,
             "options": {"dtype": options.dtype, "shard_size": options.shard_size,
@@ -93,9 +89,9 @@ def run_merge(method: str, parameters: dict, paths: Sequence[PathLike], out: Pat
                         "allow_nonfinite": options.allow_nonfinite,
                         "allow_pickle": options.allow_pickle},
         }
-        if isinstance(planned, Planned) and planned.cli_args:
+        if planned.cli_args:
             recipe["cli_args"] = list(planned.cli_args)
-        if isinstance(planned, Planned) and planned.formula:
+        if planned.formula:
             recipe["formula"] = planned.formula
             if planned.ops:  # the λ above are not what a non-linear merge computes
                 del recipe["coefficients"]
@@ -112,13 +108,13 @@ def lerp(base: PathLike, finetuned: PathLike, out: PathLike, *, alpha: float,
     Raises:
         UsageError: α not finite, or outside [0, 1] without `extrapolate`.
     """
-    lerp_coefficients(alpha)  # validates α
+    lambdas = lerp_coefficients(alpha)  # validates α
     if not extrapolate and not 0.0 <= alpha <= 1.0:
-        raise UsageError(f"alpha {alpha} is outside [0, 1], which extrapolates beyond "
-                         f"{'θ_ft' if alpha > 1 else 'θ₀'}; pass extrapolate=True "
-                         "(--extrapolate) if that is meant")
+        raise UsageError(f"`alpha` {alpha} is outside [0, 1], which extrapolates beyond "
+                         f"{'θ_ft' if alpha > 1 else 'θ₀'}; pass `extrapolate` if that is "
+                         "meant")
     return run_merge("lerp", {"alpha": alpha}, [base, finetuned], out,
-                     options or MergeOptions(), lambda _: Planned([alpha]))
+                     options or MergeOptions(), lambda _: Planned(lambdas))
 
 
 def task_arithmetic(base: PathLike, finetuned: Sequence[PathLike], out: PathLike, *,
@@ -132,9 +128,9 @@ def task_arithmetic(base: PathLike, finetuned: Sequence[PathLike], out: PathLike
     if len(scales) != len(finetuned):
         raise UsageError(f"{len(scales)} scales for {len(finetuned)} fine-tuned checkpoints; "
                          "give one scale, or one per checkpoint")
-    task_arithmetic_coefficients(scales)  # validates λ
+    lambdas = task_arithmetic_coefficients(scales)  # validates λ
     return run_merge("task-arithmetic", {"scales": scales}, [base, *finetuned], out,
-                     options or MergeOptions(), lambda _: Planned(scales))
+                     options or MergeOptions(), lambda _: Planned(lambdas))
 
 
 def l2_project(base: PathLike, finetuned: PathLike, out: PathLike, *,
@@ -150,10 +146,10 @@ def l2_project(base: PathLike, finetuned: PathLike, out: PathLike, *,
     """
     options = options or MergeOptions()
     if (radius is None) == (match is None):
-        raise UsageError("l2-project needs exactly one of --radius R or --match REF")
+        raise UsageError("l2-project needs exactly one of `radius` or `match`")
     if per_tensor and radius is not None:
-        raise UsageError("--per-tensor needs --match REF: one radius for every tensor is "
-                         "rarely meant; use the global projection with --radius")
+        raise UsageError("`per_tensor` needs `match`: one radius for every tensor is "
+                         "rarely meant; use the global projection with `radius`")
 
     def plan(inputs: list[Checkpoint]):
         base_ck, ft = inputs
@@ -168,12 +164,12 @@ def l2_project(base: PathLike, finetuned: PathLike, out: PathLike, *,
             if per_tensor:
                 radii = {n: match_scale * r for n, r in d_ref.per_tensor.items()}
                 extra["radii"] = radii
-                return l2_per_tensor_coefficients(radii, d_ft.per_tensor), extra
+                return Planned(l2_per_tensor_coefficients(radii, d_ft.per_tensor), extra)
             r = match_scale * d_ref.global_l2
         else:
             r = float(radius)  # type: ignore[arg-type]
         extra["radius"] = r
-        return l2_global_coefficients(r, d_ft.global_l2), extra
+        return Planned(l2_global_coefficients(r, d_ft.global_l2), extra)
 
     if not (math.isfinite(match_scale) and match_scale >= 0.0):
         raise UsageError(f"match scale must be a finite number >= 0, got {match_scale}")
@@ -203,15 +199,15 @@ def ema(base: PathLike, checkpoints: Sequence[PathLike], out: PathLike, *,
     `steps` (default: N of checkpoint-N/step-N names, else 1..K); see `merge.ema_profile`.
     """
     if (eta is None) == (sigma_rel is None):
-        raise UsageError("ema needs exactly one of --eta or --sigma-rel")
+        raise UsageError("ema needs exactly one of `eta` or `sigma_rel`")
     paths = expand_trajectory(checkpoints)
     if sigma_rel is not None:
-        full, params, args = power_ema_plan(sigma_rel, paths, steps)
-        planned = Planned(full[1:], formula=POWER_EMA_FORMULA, cli_args=args)
+        lambdas, params, args = power_ema_plan(sigma_rel, paths, steps)
+        planned = Planned(lambdas, formula=POWER_EMA_FORMULA, cli_args=args)
         return run_merge("ema", params, [base, *paths], out, options or MergeOptions(),
                          lambda _: planned)
     if steps is not None:
-        raise UsageError("--steps is used only with --sigma-rel")
-    coeffs = ema_coefficients(eta, len(paths))
+        raise UsageError("`steps` is used only with `sigma_rel`")
+    lambdas = ema_coefficients(eta, len(paths))
     return run_merge("ema", {"eta": eta, "num_checkpoints": len(paths)}, [base, *paths], out,
-                options or MergeOptions(), lambda _: (coeffs, {}))
+                     options or MergeOptions(), lambda _: Planned(lambdas))

@@ -6,9 +6,10 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import kernels
-from ..checkpoint import Checkpoint, open_checkpoint
+from ..checkpoint import RECIPE_FILE, Checkpoint, open_checkpoint, read_recipe
 from .plan import align
 from .stream import chunks_of, one_torch_thread, read_chunks
 
@@ -54,3 +55,21 @@ def distance(a: str | os.PathLike, b: str | os.PathLike, *, allow_pickle: bool =
     with open_checkpoint(a, allow_pickle=allow_pickle) as ca, \
             open_checkpoint(b, allow_pickle=allow_pickle, base=ca) as cb:
         return tensor_distances(ca, cb, vocab_mismatch=vocab_mismatch, progress=progress)
+
+
+def distance_to_base(base: str | os.PathLike, model: str | os.PathLike) -> float:
+    """‖θ − θ₀‖ of the model folder `model` from `base`, read rather than re-measured when it can.
+
+    A safebasin merge whose recipe names `base` as its θ₀ recorded this distance as it wrote the
+    weights (`executor.execute`: the same per-tensor sums and `fsum` as `tensor_distances`),
+    so that value is returned; anything else (a fine-tune, an EMA export, a merge of another
+    θ₀) gets one streaming pass over both checkpoints.
+    """
+    folder = Path(model)
+    if (folder / RECIPE_FILE).is_file():
+        recipe = read_recipe(folder)
+        recorded = (recipe.extra.get("distances") or {}).get("global_to_base")
+        if (recipe.is_merge and isinstance(recorded, float)
+                and Path(recipe.inputs[0]["path"]).resolve() == Path(base).resolve()):
+            return recorded
+    return distance(base, model).global_l2

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import xxhash
 
-__all__ = ["keep_mask", "keep_threshold"]
+__all__ = ["hash_key", "keep_mask", "keep_threshold"]
 
 _M1, _M2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
 
@@ -34,14 +34,15 @@ def _lowbias32(x: np.ndarray, tmp: np.ndarray) -> None:
             np.multiply(x, mult, out=x)
 
 
-def _key(seed: int, name: str) -> tuple[np.uint32, np.uint32]:
+def hash_key(seed: int, name: str) -> tuple[np.uint32, np.uint32]:
+    """The per-tensor key (two 32-bit words of xxh3-64 of seed and name)."""
     k = xxhash.xxh3_64_intdigest(f"{seed}\0{name}".encode())
     return np.uint32(k & 0xFFFFFFFF), np.uint32(k >> 32)
 
 
 def hash32(seed: int, name: str, start: int, stop: int) -> np.ndarray:
     """h(seed, name, j) for j in [start, stop), as uint32."""
-    k1, k2 = _key(seed, name)
+    k1, k2 = hash_key(seed, name)
     idx = np.arange(start, stop, dtype=np.uint64)
     x = (idx & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     tmp = np.empty_like(x)

@@ -64,7 +64,7 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
         UsageError: sigma_rel not in (0, σ_max ≈ 0.3003].
     """
     if not (math.isfinite(sigma_rel) and 0.0 < sigma_rel <= SIGMA_REL_MAX):
-        raise UsageError(f"--sigma-rel must be in (0, {SIGMA_REL_MAX:.4f}], got {sigma_rel} "
+        raise UsageError(f"`sigma_rel` must be in (0, {SIGMA_REL_MAX:.4f}], got {sigma_rel} "
                          "(EDM2 uses 0.05-0.2; larger is not a power-function profile)")
     lo, hi = GAMMA_AT_PEAK, max(1.0 / sigma_rel, GAMMA_AT_PEAK)
     for _ in range(200):
@@ -153,7 +153,9 @@ POWER_EMA_FORMULA = ("θ̂ = Σₖ cₖ·θₖ, cₖ = ∫ p(τ)φₖ(τ)dτ: ED
 
 def power_ema_plan(sigma_rel: float, paths: Sequence[str | Path],
                    steps: Sequence[float] | None = None) -> tuple[list[float], dict, list[str]]:
-    """Coefficients (θ₀ first), recipe parameters and CLI flags of a power-function EMA.
+    """Delta-form λ of θ₁..θ_K, recipe parameters and CLI flags of a power-function EMA.
+
+    λₖ = cₖ of `power_ema_coefficients`; θ₀'s own weight c₀ is then 1 − Σλₖ.
 
     Steps default to the N of `checkpoint-N` / `step-N` names, else 1..K (evenly spaced).
 
@@ -165,7 +167,7 @@ def power_ema_plan(sigma_rel: float, paths: Sequence[str | Path],
     if len(chosen) != len(paths):
         raise UsageError(f"{len(chosen)} steps for {len(paths)} checkpoints; give one step "
                          "per checkpoint")
-    coeffs = power_ema_coefficients(sigma_rel, chosen)
+    lambdas = power_ema_coefficients(sigma_rel, chosen)[1:]
     params = {"sigma_rel": float(sigma_rel), "gamma": sigma_rel_to_gamma(sigma_rel),
               "num_checkpoints": len(paths), "steps": [float(t) for t in chosen],
               "steps_from": ("given" if steps is not None else "names" if named
@@ -174,7 +176,7 @@ def power_ema_plan(sigma_rel: float, paths: Sequence[str | Path],
     args = ["--sigma-rel", repr(float(sigma_rel))]
     if steps is not None:
         args += ["--steps", ",".join(repr(float(t)) for t in chosen)]
-    return coeffs, params, args
+    return lambdas, params, args
 
 
 __all__ = ["GAMMA_AT_PEAK", "POWER_EMA_FORMULA", "SIGMA_REL_MAX", "gamma_to_sigma_rel",

@@ -130,9 +130,9 @@ def _nonfinite_error(plan: TensorPlan, inputs: Sequence[Checkpoint],
     for ckpt, t in zip(inputs, tensors, strict=True):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return NonFiniteError(f"{ckpt.path}: tensor {plan.name!r} contains NaN or Inf; "
-                                  "pass --allow-nonfinite to merge it anyway")
+                                  "pass `allow_nonfinite` to merge it anyway")
     return NonFiniteError(f"merged tensor {plan.name!r} overflowed to Inf in its output dtype "
-                          f"{plan.dtype}; pass --allow-nonfinite or choose --dtype float32")
+                          f"{plan.dtype}; pass `allow_nonfinite` or choose `dtype` float32")
 
 
 def _combine(plan: TensorPlan, tensors: list[torch.Tensor], device: str,
@@ -164,6 +164,9 @@ def _fill(op, tensors: list[torch.Tensor], start: int, out: torch.Tensor) -> flo
     """Run a chunk op block by block, rounding its values once into `out`; returns
     Σ(stored − θ₀)² over the chunk."""
     n = out.numel()
+    fused = op.fill(tensors, start, start + n, out) if hasattr(op, "fill") else None
+    if fused is not None:
+        return fused
     for a in range(0, n, OP_BLOCK):
         b = min(a + OP_BLOCK, n)
         values = op.apply([t[a:b] for t in tensors], start + a, start + b)
@@ -278,7 +281,8 @@ def execute(plans: list[TensorPlan], inputs: Sequence[Checkpoint], out: str | Pa
         for i, entry in enumerate(recipe["inputs"]):
             entry["fingerprint"] = fingerprints.digest(i, inputs[i])
         recipe["distances"] = {
-            "global_to_base": math.sqrt(sum(sq.values())),
+            # fsum, as `distance.tensor_distances`: a reader may use this instead of a pass
+            "global_to_base": math.sqrt(math.fsum(sq.values())),
             "per_tensor_to_base": {k: math.sqrt(v) for k, v in sq.items()},
         }
         if license_ := base_license(inputs[0].path):  # from θ₀'s card (README.md)

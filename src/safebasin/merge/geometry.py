@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
+from . import fused
 from .ops import TensorOp, TensorStatistic
 from .statistics import collect_statistics
 
@@ -41,6 +42,10 @@ class Gram(TensorStatistic):
         self.g = np.zeros((k, k))
 
     def update(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> None:
+        if fused.supported(*tensors) and len({t.dtype for t in tensors[1:]}) == 1:
+            fused.gram_update(fused.as_array(tensors[0]), fused.as_rows(tensors[1:]),
+                              self.offsets, self.g)
+            return
         if self.offsets:
             base = tensors[0].double()
             xs = [t.double() - base for t in tensors[1:]]
@@ -83,6 +88,14 @@ class SlerpOp(TensorOp):
         a, b = tensors
         return self.s0 * a.float() + self.s1 * b.float()
 
+    def fill(self, tensors: Sequence[torch.Tensor], start: int, stop: int,
+             out: torch.Tensor) -> float | None:
+        if not fused.supported(*tensors, out):
+            return None
+        return float(fused.slerp_combine(*(fused.as_array(t) for t in tensors),
+                                         np.float32(self.s0.item()), np.float32(self.s1.item()),
+                                         fused.as_array(out)))
+
 
 def model_stock_t(g: np.ndarray) -> float:
     """mergekit's t from the Gram matrix of the offsets δ₁..δ_N (fp32 like mergekit)."""
@@ -110,6 +123,14 @@ class ModelStockOp(TensorOp):
             avg += w
         avg /= len(ws)
         return self.t * avg + (1 - self.t) * tensors[0].float()
+
+    def fill(self, tensors: Sequence[torch.Tensor], start: int, stop: int,
+             out: torch.Tensor) -> float | None:
+        if not (fused.supported(*tensors, out) and len({t.dtype for t in tensors[1:]}) == 1):
+            return None
+        return float(fused.stock_combine(fused.as_array(tensors[0]),
+                                         fused.as_rows(tensors[1:]),
+                                         np.float32(self.t.item()), fused.as_array(out)))
 
 
 def _floats(base: Checkpoint) -> list[str]:

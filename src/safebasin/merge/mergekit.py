@@ -23,7 +23,6 @@ from pathlib import Path
 import yaml
 
 from ..errors import DataFormatError, DataNotFoundError, UnsupportedConfigError
-from .api import task_arithmetic
 from .methods import model_stock, slerp, sparse_merge
 from .plan import MergeOptions
 
@@ -174,15 +173,10 @@ def translate(cfg: Mapping, *, seed: int = 0) -> tuple[str, dict]:
             raise _refuse("parameters.filter_wise", "true is not supported")
         return "model-stock", {"base": base, "finetuned": others}
     lam = _scalar("parameters.lambda", g.get("lambda", 1.0))
-    if method == "task_arithmetic":
-        if _flag("parameters.normalize", g.get("normalize", False)):
-            raise _refuse("parameters.normalize", "true is not supported for task_arithmetic")
-        _flag("parameters.int8_mask", g.get("int8_mask", False))  # same result either way
-        return "task-arithmetic", {"base": base, "finetuned": others,
-                                   "scales": [lam * w for w in per_model("weight", None)]}
-    name = _SPARSE[method]
+    name = _SPARSE.get(method, "task-arithmetic")  # mergekit's fp32 order, bit for bit
     kwargs = {"base": base, "finetuned": others, "weights": per_model("weight", None),
-              "density": per_model("density", 1.0), "lambda_": lam}
+              "density": per_model("density", 1.0) if method != "task_arithmetic" else 1.0,
+              "lambda_": lam}
     _flag("parameters.int8_mask", g.get("int8_mask", False))  # a dtype choice: same result
     if "normalize" in g:
         kwargs["normalize"] = _flag("parameters.normalize", g["normalize"])
@@ -209,7 +203,7 @@ def _dtype(cfg: Mapping, options: MergeOptions) -> MergeOptions:
                            "(bfloat16, float16, float32)")
     dtype = _DTYPES[value]
     if options.dtype not in ("auto", dtype):
-        raise _refuse(key, f"{dtype} conflicts with --dtype {options.dtype}")
+        raise _refuse(key, f"{dtype} conflicts with `dtype` {options.dtype}")
     return replace(options, dtype=dtype)
 
 
@@ -232,8 +226,7 @@ def from_mergekit(config: str | os.PathLike, out: str | os.PathLike, *, seed: in
         raise DataFormatError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     method, kwargs = translate(cfg, seed=seed)
     options = _dtype(cfg, options or MergeOptions())
-    fn = {"slerp": slerp, "model-stock": model_stock, "task-arithmetic": task_arithmetic}.get(
-        method)
+    fn = {"slerp": slerp, "model-stock": model_stock}.get(method)
     if fn is not None:
         base = kwargs.pop("base")
         second = kwargs.pop("other", None) or kwargs.pop("finetuned")

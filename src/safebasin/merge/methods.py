@@ -50,7 +50,8 @@ def sparse_merge(method: str, base: PathLike, finetuned: Sequence[PathLike], out
                  rescale: str | None = None, options: MergeOptions | None = None,
                  budget: int = STATS_BUDGET) -> dict:
     """Any of mergekit's generalized task arithmetic methods that safebasin implements:
-    "ties", "dare-linear", "dare-ties", "breadcrumbs", "breadcrumbs-ties" (see `sparse`).
+    "ties", "dare-linear", "dare-ties", "breadcrumbs", "breadcrumbs-ties" (see `sparse`), and
+    "task-arithmetic" in mergekit's form (weights, λ, normalize; give density=1).
 
     Args:
         density: fraction of each task vector kept, in (0, 1]; one value or one per model.
@@ -82,6 +83,9 @@ def sparse_merge(method: str, base: PathLike, finetuned: Sequence[PathLike], out
     flags = ["--density", _csv(params.densities), "--weights", _csv(params.weights),
              "--lambda", repr(params.lambda_),
              "--normalize" if params.normalize else "--no-normalize"]
+    if m.sparsify == "none":  # task arithmetic keeps everything: no density to record
+        del recorded["density"]
+        flags = flags[2:]
     if m.sparsify == "band":
         recorded["gamma"] = list(params.gammas)
         flags += ["--gamma", _csv(params.gammas)]

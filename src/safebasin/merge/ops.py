@@ -55,6 +55,14 @@ class TensorOp(ABC):
     def apply(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:
         """The merged values of elements [start, stop)."""
 
+    def fill(self, tensors: Sequence[torch.Tensor], start: int, stop: int,
+             out: torch.Tensor) -> float | None:
+        """Optional fused path of a chunk op: write the rounded values of [start, stop) into
+        `out` (a flat CPU tensor of the output dtype) and return Σ(stored − θ₀)², or return
+        None (the default) to have the executor call `apply` instead. It must store exactly
+        what `apply` followed by one rounding would (see `fused`)."""
+        return None
+
 
 class TensorStatistic(ABC):
     """Accumulates statistics of one tensor over its chunks, in one or more passes.

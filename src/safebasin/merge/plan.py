@@ -8,7 +8,6 @@ agree, listing all offenders at once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -67,11 +66,6 @@ class TensorPlan:
     def is_float(self) -> bool:
         return self.dtype.is_floating_point
 
-    @property
-    def coefficients(self) -> tuple[float, ...]:
-        """The same linear merge as a plain weighted sum Σ cᵢ·θᵢ, θ₀ first."""
-        return (1.0 - math.fsum(self.lambdas), *self.lambdas)
-
 
 def _label(i: int) -> str:
     return "BASE" if i == 0 else f"input {i}"
@@ -107,7 +101,7 @@ def align(inputs: Sequence[Checkpoint], *, vocab_mismatch: str = "error") -> lis
             bad.append((n, a, b))
         if bad:
             n, a, b = bad[0]
-            hint = (" (a resized vocabulary? --vocab-mismatch base keeps BASE's rows)"
+            hint = (" (a resized vocabulary? `vocab_mismatch` base keeps BASE's rows)"
                     if len(a) == len(b) and a[1:] == b[1:] else "")
             raise ShapeMismatchError(f"{len(bad)} tensors differ in shape between BASE and "
                                      f"{_label(i)} ({other.path}), first {n!r}: {a} vs {b}{hint}")
@@ -122,22 +116,14 @@ def output_dtype(base: Checkpoint, name: str, dtype: str) -> torch.dtype:
     return OUTPUT_DTYPES[dtype]
 
 
-def _to_delta(c: Sequence[float]) -> tuple[float, ...]:
-    """Full-form coefficients (θ₀ first, summing to 1) → the λ of inputs 1..K."""
-    if not math.isclose(math.fsum(c), 1.0, rel_tol=0.0, abs_tol=1e-9):
-        raise ValueError(f"coefficients {list(c)} do not sum to 1: give delta-form λ "
-                         "(delta=True) or a TensorOp")
-    return tuple(float(x) for x in c[1:])
-
-
-def build_plan(inputs: Sequence[Checkpoint], coefficients: Sequence[float] | Mapping[str,
-               Sequence[float]], options: MergeOptions, *, delta: bool = False,
+def build_plan(inputs: Sequence[Checkpoint], lambdas: Sequence[float] | Mapping[str,
+               Sequence[float]], options: MergeOptions, *,
                ops: Mapping[str, TensorOp] | None = None) -> list[TensorPlan]:
-    """Tensor plans from global coefficients or per-tensor ones (a mapping by name).
+    """Tensor plans from global λ or per-tensor ones (a mapping by name).
 
     Args:
-        coefficients: with `delta=True`, the λ of inputs 1..K (θ = θ₀ + Σ λᵢ(θᵢ − θ₀));
-            otherwise full-form cᵢ of every input, θ₀ first, summing to 1.
+        lambdas: the delta-form λ of inputs 1..K (θ = θ₀ + Σ λᵢ(θᵢ − θ₀)), as every planner
+            in `coefficients` returns them.
         ops: a `TensorOp` per tensor name that is not a linear merge (floating tensors only;
             integer tensors are always copied from θ₀).
     """
@@ -146,9 +132,8 @@ def build_plan(inputs: Sequence[Checkpoint], coefficients: Sequence[float] | Map
     ops = ops or {}
     plans = []
     for n in names:
-        c = coefficients[n] if isinstance(coefficients, Mapping) else coefficients
-        lambdas = tuple(float(x) for x in c) if delta else _to_delta(c)
+        lam = lambdas[n] if isinstance(lambdas, Mapping) else lambdas
         dtype = output_dtype(base, n, options.dtype)
-        plans.append(TensorPlan(n, base.shape(n), dtype, lambdas,
+        plans.append(TensorPlan(n, base.shape(n), dtype, tuple(float(x) for x in lam),
                                 ops.get(n) if dtype.is_floating_point else None))
     return plans

@@ -134,11 +134,11 @@ def _cosine(cd: torch.Tensor, delta: torch.Tensor) -> float | None:
 
 def _check_choice(threshold: float | None, num_layers: int | None, n_layers: int) -> None:
     if (threshold is None) == (num_layers is None):
-        raise UsageError("safe-lora needs exactly one of --threshold TAU or --num-layers N")
+        raise UsageError("safe-lora needs exactly one of `threshold` or `num_layers`")
     if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
-        raise UsageError(f"--threshold is a cosine, it must be in [-1, 1], got {threshold}")
+        raise UsageError(f"`threshold` is a cosine, it must be in [-1, 1], got {threshold}")
     if num_layers is not None and not 0 <= num_layers <= n_layers:
-        raise UsageError(f"--num-layers must be in [0, {n_layers}] (the linear layers of "
+        raise UsageError(f"`num_layers` must be in [0, {n_layers}] (the linear layers of "
                          f"BASE), got {num_layers}")
 
 
@@ -299,7 +299,7 @@ def safe_lora(base: PathLike, finetuned: PathLike, unaligned: PathLike, out: Pat
         ...           threshold=0.35)  # doctest: +SKIP
     """
     if projector not in PROJECTORS:
-        raise UsageError(f"--projector {projector!r}: choose published or orthogonal")
+        raise UsageError(f"`projector` {projector!r}: choose published or orthogonal")
     _check_choice(threshold, num_layers, num_layers or 0)
     options = options or MergeOptions()
     params = {"threshold": threshold, "num_layers": num_layers, "projector": projector}

@@ -33,7 +33,7 @@ def resta_lambdas(beta: float) -> list[float]:
         UsageError: β not finite.
     """
     if not math.isfinite(beta):
-        raise UsageError(f"--beta must be a finite number, got {beta}")
+        raise UsageError(f"`beta` must be a finite number, got {beta}")
     return [1.0, -float(beta)]
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from . import fused
 from .ops import TensorStatistic
 
 __all__ = ["Boundary", "RankWindow", "WindowSelect", "magnitude_bits", "select_in_memory",
@@ -108,17 +110,40 @@ class _Radix:
         self.high: torch.Tensor | None = None
         self.buckets: list[tuple[int, int]] = []  # (high bucket, elements below it)
         self.low: dict[int, torch.Tensor] = {}
+        self._low_rows = torch.zeros(0, _LOW_BINS, dtype=torch.int64)
+        self._low_keys = np.zeros(0, dtype=np.uint32)
         self.result: list[Boundary] | None = None
 
+    def _histograms(self) -> None:
+        if self.pass_ == 0 and self.high is None:
+            self.high = torch.zeros(_HIGH_BINS, dtype=torch.int64)
+        if self.pass_ == 1 and not self.low:
+            keys = list(dict.fromkeys(b for b, _ in self.buckets))  # two ranks may share one
+            self._low_rows = torch.zeros(len(keys), _LOW_BINS, dtype=torch.int64)
+            self._low_keys = np.array(keys, dtype=np.uint32)
+            self.low = {b: self._low_rows[j] for j, b in enumerate(keys)}
+
+    def update_pair(self, base: torch.Tensor, ft: torch.Tensor) -> None:
+        """`update` with the bits of |ft − base| computed inside the fused loop."""
+        self._histograms()
+        a, b = fused.as_array(base), fused.as_array(ft)
+        if self.pass_ == 0:
+            fused.high_histogram(a, b, self.high.numpy())  # type: ignore[union-attr]
+        else:
+            fused.low_histograms(a, b, self._low_keys, self._low_rows.numpy())
+
     def update(self, bits: torch.Tensor) -> None:
+        self._histograms()
+        if bits.is_contiguous() and bits.device.type == "cpu":  # one loop, no temporaries
+            if self.pass_ == 0:
+                fused.bits_high_histogram(bits.numpy(), self.high.numpy())  # type: ignore
+            else:
+                fused.bits_low_histograms(bits.numpy(), self._low_keys, self._low_rows.numpy())
+            return
         hi = bits >> 16
         if self.pass_ == 0:
-            if self.high is None:
-                self.high = torch.zeros(_HIGH_BINS, dtype=torch.int64)
             self.high += torch.bincount(hi, minlength=_HIGH_BINS)
             return
-        if not self.low:
-            self.low = {b: torch.zeros(_LOW_BINS, dtype=torch.int64) for b, _ in self.buckets}
         for b, hist in self.low.items():
             sel = bits[hi == b] & 0xFFFF
             if sel.numel():
@@ -164,15 +189,26 @@ class WindowSelect(TensorStatistic):
         self._done: list[tuple[Boundary, Boundary] | None] = [None] * len(self.windows)
 
     def update(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> None:
-        base = tensors[0].float()
-        for i in self._active:
-            bits = magnitude_bits(tensors[i + 1].float() - base)
-            if self._memory:
+        if self._memory:
+            for i in self._active:
                 if i not in self._bits:
                     self._bits[i] = torch.empty(self._n, dtype=torch.int32)
-                self._bits[i][start:stop] = bits
-            else:
-                self._radix[i].update(bits)
+        if fused.supported(*tensors):  # one loop per input, no temporaries
+            for i in self._active:
+                if self._memory:
+                    fused.magnitude_bits_into(fused.as_array(tensors[0]),
+                                              fused.as_array(tensors[i + 1]),
+                                              self._bits[i][start:stop].numpy())
+                else:
+                    self._radix[i].update_pair(tensors[0], tensors[i + 1])
+        else:
+            base = tensors[0].float()
+            for i in self._active:
+                bits = magnitude_bits(tensors[i + 1].float() - base)
+                if self._memory:
+                    self._bits[i][start:stop] = bits
+                else:
+                    self._radix[i].update(bits)
         if stop == self._n:
             self._end_tensor()
 
@@ -214,6 +250,23 @@ class WindowMask:
         inside = self.window.lo <= first and end <= self.window.hi
         outside = end <= self.window.lo or first >= self.window.hi
         return not (inside or outside)
+
+    def decision(self) -> tuple[str, list[int]]:
+        """What `__call__` decides, as data for the fused loop (`fused._kept_by_rank`):
+        ("all" | "none", []) or ("rank", [lo bits, lo strict, has upper, hi bits, hi strict,
+        split lo, split hi, lo.less, hi.less, window lo, window hi])."""
+        w = self.window
+        if w.everything:
+            return "all", []
+        if w.empty or self.bounds is None:
+            return "none", []
+        lo, hi = self.bounds
+        split_lo, split_hi = self._split(lo), hi.bits != lo.bits and self._split(hi)
+        lo_strict = split_lo or lo.less < w.lo
+        has_hi = hi.less + hi.count < w.n or hi.less + hi.count > w.hi
+        hi_strict = split_hi or hi.less + hi.count > w.hi
+        return "rank", [lo.bits, int(lo_strict), int(has_hi), hi.bits, int(hi_strict),
+                        int(split_lo), int(split_hi), lo.less, hi.less, w.lo, w.hi]
 
     def __call__(self, bits: torch.Tensor) -> torch.Tensor | None:
         """Bool mask for this chunk's magnitude bits; None: keep everything."""

@@ -25,11 +25,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
 from ..errors import UsageError
-from .dropout import keep_mask
+from . import fused
+from .dropout import hash_key, keep_mask, keep_threshold
 from .ops import TensorOp, TensorStatistic
 from .select import STATS_BUDGET, RankWindow, WindowMask, WindowSelect
 from .statistics import collect_statistics
@@ -45,7 +47,7 @@ class SparseMethod:
     """One of mergekit's generalized task arithmetic methods, with its defaults."""
 
     name: str
-    sparsify: str  # "magnitude", "band" or "random"
+    sparsify: str  # "magnitude", "band", "random" or "none" (task arithmetic)
     consensus: bool
     normalize: bool  # mergekit's default for `normalize`
     rescale: bool  # mergekit's default for `rescale` (DARE only here: True is "l1")
@@ -54,6 +56,10 @@ class SparseMethod:
 
 _T = "τᵢ = θᵢ − θ₀"
 METHODS = {m.name: m for m in (
+    # mergekit's task_arithmetic: no sparsification, its fp32 operation order (the linear
+    # kernel's θ₀ + Σ (λ·wᵢ)·τᵢ rounds λ·wᵢ first and differs from it in the last bits)
+    SparseMethod("task-arithmetic", "none", False, False, False,
+                 f"θ = θ₀ + λ·Σᵢ wᵢ·τᵢ (÷ Σᵢ wᵢ with normalize), {_T}"),
     SparseMethod("ties", "magnitude", True, True, False,
                  f"θ = θ₀ + λ·Σᵢ Mᵢ·wᵢ·topk(τᵢ) / Σᵢ Mᵢ·wᵢ, Mᵢ = [sign agrees with the "
                  f"elected sign of Σᵢ wᵢ·topk(τᵢ)], {_T}"),
@@ -116,10 +122,13 @@ class SparseMergeOp(TensorOp):
                  l1_scales: Sequence[float] | None = None) -> None:
         self.name, self.method, self.params, self.masks = name, method, params, masks
         self.l1_scales = l1_scales
+        self._fused: _FusedParams | None = None
 
     def _sparse(self, i: int, tau: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """τᵢ sparsified, in place (τ is a fresh fp32 tensor)."""
         p = self.params
+        if self.method.sparsify == "none":
+            return tau
         if self.method.sparsify == "random":
             if p.densities[i] < 1:
                 tau.mul_(keep_mask(p.seed or 0, self.name, start, stop, p.densities[i]))
@@ -130,6 +139,21 @@ class SparseMergeOp(TensorOp):
             return tau
         mask = self.masks[i](tau.abs().view(torch.int32))  # magnitude bits (see select)
         return tau if mask is None else tau.mul_(mask)
+
+    def fill(self, tensors: Sequence[torch.Tensor], start: int, stop: int,
+             out: torch.Tensor) -> float | None:
+        """The fused loop (`fused.sparse_combine`): the same bits as `apply`, one pass."""
+        fts = tensors[1:]
+        if not (fused.supported(*tensors, out) and len({t.dtype for t in fts}) == 1):
+            return None
+        if self._fused is None:
+            self._fused = _FusedParams.of(self)
+        f = self._fused
+        return float(fused.sparse_combine(
+            fused.as_array(tensors[0]), fused.as_rows(fts), start,
+            f.mode, f.win, f.seen, f.hash_keys, f.hash_thresholds, f.rescale, f.rescale_by,
+            f.weights, int(self.method.consensus), int(self.params.normalize), f.divisor,
+            f.lam, fused.as_array(out)))
 
     def apply(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:
         p = self.params
@@ -156,6 +180,54 @@ class SparseMergeOp(TensorOp):
         if p.lambda_ != 1:
             mixed = mixed.mul_(p.lambda_)
         return mixed.add_(base)
+
+
+@dataclass
+class _FusedParams:
+    """One tensor's SparseMergeOp as the arrays `fused.sparse_combine` reads."""
+
+    mode: np.ndarray
+    win: np.ndarray
+    seen: np.ndarray  # running tie counts, carried from chunk to chunk
+    hash_keys: np.ndarray
+    hash_thresholds: np.ndarray
+    rescale: int
+    rescale_by: np.ndarray
+    weights: np.ndarray
+    divisor: np.float32
+    lam: np.float32
+
+    @classmethod
+    def of(cls, op: SparseMergeOp) -> _FusedParams:
+        p, k = op.params, len(op.params.weights)
+        mode = np.full(k, fused.KEEP_ALL, dtype=np.int64)
+        win = np.zeros((k, 11), dtype=np.int64)
+        keys = np.zeros((k, 2), dtype=np.uint64)
+        thresholds = np.zeros(k, dtype=np.uint64)
+        rescale, rescale_by = fused.RESCALE_NONE, np.ones(k, dtype=np.float32)
+        if op.method.sparsify == "random":
+            k1, k2 = hash_key(p.seed or 0, op.name)
+            keys[:] = (int(k1), int(k2))
+            for i, d in enumerate(p.densities):
+                if d < 1:
+                    mode[i], thresholds[i] = fused.BY_HASH, keep_threshold(d)
+            if p.rescale == "density":
+                rescale, rescale_by[:] = fused.RESCALE_DENSITY, p.densities
+            elif op.l1_scales is not None:
+                rescale, rescale_by[:] = fused.RESCALE_FACTOR, op.l1_scales
+        elif op.method.sparsify != "none":
+            for i, mask in enumerate(op.masks):
+                kind, row = mask.decision() if mask is not None else ("all", [])
+                mode[i] = {"all": fused.KEEP_ALL, "none": fused.KEEP_NONE,
+                           "rank": fused.BY_RANK}[kind]
+                if row:
+                    win[i] = row
+        divisor = torch.tensor(p.weights, dtype=torch.float32).sum()
+        if divisor.abs() < 1e-8:
+            divisor = torch.ones(())
+        return cls(mode, win, np.zeros((k, 2), dtype=np.int64), keys, thresholds, rescale,
+                   rescale_by, np.array(p.weights, dtype=np.float32),
+                   np.float32(divisor.item()), np.float32(p.lambda_))
 
 
 def _elect(weighted: Sequence[torch.Tensor], weights: Sequence[float]
@@ -220,7 +292,7 @@ def plan_sparse(inputs: Sequence[Checkpoint], method: SparseMethod, params: Spar
         l1 = {n: _KeptL1(n, params) for n in names}
         passes = collect_statistics(inputs, l1)
         return {n: SparseMergeOp(n, method, params, [], l1[n].scales()) for n in names}, passes
-    if method.sparsify == "random":
+    if method.sparsify in ("random", "none"):
         return {n: SparseMergeOp(n, method, params, []) for n in names}, 0
     windows = {n: _windows(method, params, math.prod(base.shape(n))) for n in names}
     stats = {n: WindowSelect(w, budget=budget) for n, w in windows.items()

@@ -171,10 +171,10 @@ def landscape(base: str | os.PathLike, finetuned: str | os.PathLike,
     """
     start = time.perf_counter()
     if other is not None and random_seed is not None:
-        raise UsageError("give --other FT2 or --random, not both")
+        raise UsageError("give `other` or `random_seed`, not both")
     two_d = other is not None or random_seed is not None
     if betas is not None and not two_d:
-        raise UsageError("--betas needs a second direction: --other FT2 or --random")
+        raise UsageError("`betas` needs a second direction: `other` or `random_seed`")
     alphas = parse_range(alphas) if isinstance(alphas, str) else [float(a) for a in alphas]
     betas = betas if betas is not None else DEFAULT_BETAS
     betas = parse_range(betas) if isinstance(betas, str) else [float(b) for b in betas]

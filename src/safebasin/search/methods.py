@@ -112,12 +112,12 @@ def _sparse(name: str, args: dict) -> Method | None:
     params = inspect.signature(fn).parameters
     unknown = sorted(set(args) - (set(params) - _FIXED))
     if unknown:
-        raise UsageError(f"--method-arg {unknown[0]}: {name} takes "
+        raise UsageError(f"`method_args` {unknown[0]}: {name} takes "
                          f"{', '.join(sorted(set(params) - _FIXED))}")
     missing = [k for k, p in params.items() if k not in _FIXED and k not in args
                and p.default is inspect.Parameter.empty]
     if missing:
-        raise UsageError(f"--method {name} needs --method-arg {missing[0]}=VALUE")
+        raise UsageError(f"`method` {name} needs `method_args` {missing[0]}=VALUE")
     items = tuple(sorted(args.items()))
     return Method(name, "lambda", _ScaledMerge(_SPARSE[name], items), args=items)
 
@@ -141,11 +141,11 @@ def get_method(name: str, args: dict | None = None) -> Method:
     args = dict(args or {})
     if name in _BUILTIN or (name == "slerp" and hasattr(m, "slerp")):
         if args:
-            raise UsageError(f"--method {name} takes no --method-arg")
+            raise UsageError(f"`method` {name} takes no `method_args`")
         return _BUILTIN.get(name) or Method("slerp", "t", _slerp)
     method = _sparse(name, args) if name in _SPARSE else None
     if method is None:
-        raise UsageError(f"--method {name!r}: choose one of {', '.join(available_methods())}")
+        raise UsageError(f"`method` {name!r}: choose one of {', '.join(available_methods())}")
     return method
 
 

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import LimitUnreachableError, OutputExistsError, UsageError
@@ -87,11 +87,11 @@ class TuneResult:
 
 def _check(max_asr: float, tolerance: float, confidence: str) -> None:
     if not (math.isfinite(max_asr) and 0.0 <= max_asr < 1.0):
-        raise UsageError(f"--max-asr {max_asr}: give a fraction in [0, 1), e.g. 0.1 for 10%")
+        raise UsageError(f"`max_asr` {max_asr}: give a fraction in [0, 1), e.g. 0.1 for 10%")
     if not (math.isfinite(tolerance) and 0.0 < tolerance < 1.0):
-        raise UsageError(f"--tolerance {tolerance}: give a fraction of the fine-tune in (0, 1)")
+        raise UsageError(f"`tolerance` {tolerance}: give a fraction of the fine-tune in (0, 1)")
     if confidence not in CONFIDENCE:
-        raise UsageError(f"--confidence {confidence!r}: choose point or upper")
+        raise UsageError(f"`confidence` {confidence!r}: choose point or upper")
 
 
 def _pct(x: float) -> str:
@@ -104,13 +104,13 @@ def _unreachable(s: Search, method: Method, full: float, max_asr: float,
     bound = f" (Wilson upper bound {_pct(theta0['asr_high'])})" if confidence == "upper" else ""
     if s.best is None:
         return LimitUnreachableError(
-            f"θ₀ itself has keyword ASR {_pct(theta0['asr'])}{bound}, above --max-asr "
+            f"θ₀ itself has keyword ASR {_pct(theta0['asr'])}{bound}, above `max_asr` "
             f"{_pct(max_asr)}: no merge towards the fine-tune can meet it")
     t = min(t for t in s.measured if t > 0)
     return LimitUnreachableError(
         f"no {method.parameter} above 0 keeps keyword ASR ≤ {_pct(max_asr)}: θ₀ has "
         f"{_pct(theta0['asr'])}{bound}, the smallest tried ({method.parameter}={t * full:.6g}) "
-        f"{_pct(s.measured[t]['asr'])}; loosen --max-asr or lower --tolerance")
+        f"{_pct(s.measured[t]['asr'])}; loosen `max_asr` or lower `tolerance`")
 
 
 def _rows(s: Search, results: dict[float, PointResult], full: float, max_asr: float,
@@ -152,14 +152,19 @@ def write_rows_csv(rows: list, path: Path, *, prefix: dict | None = None) -> Pat
 def _point_summaries_at(eval_dir: Path, out: Path) -> None:
     """Results copied from the cache name the cached model's path; name OUT instead (the
     weights are byte-identical: the summaries' content hash is what the push gate checks)."""
-    for summary in eval_dir.glob("*/summary.json"):
-        data = json.loads(summary.read_text(encoding="utf-8"))
-        if isinstance(data.get("model"), dict):
-            data["model"]["path"] = str(out)
-            tmp = summary.with_name(".summary.json.tmp")
+    from ..summary import EvalSummary
+
+    for path in eval_dir.glob("*/summary.json"):
+        try:
+            summary = EvalSummary.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except ValueError:  # left as it is: the card's reader refuses it, naming the file
+            continue
+        if summary.model_path is not None:
+            data = replace(summary, model_path=str(out)).to_dict()
+            tmp = path.with_name(".summary.json.tmp")
             tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n",
                            encoding="utf-8")
-            os.replace(tmp, summary)
+            os.replace(tmp, path)
 
 
 def _assemble(out: Path, chosen: PointResult, build: Callable[[Path], dict], rows, *,
@@ -253,7 +258,7 @@ def tune(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.Pa
     _check(max_asr, tolerance, confidence)
     out = Path(out)
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{out}: already exists; pass `overwrite` to replace it")
     m = get_method(method, method_args)
     ctx = start_search(base, finetuned, evaluation=evaluation, evaluator=evaluator,
                        merge_options=merge_options, cache=cache, executor=executor)

@@ -23,6 +23,7 @@ from .config import (
     load_config,
     parse_config,
 )
+from .rows import ROW_FIELDS, Row
 
 __all__ = [
     "MERGES",
@@ -38,6 +39,7 @@ __all__ = [
     "sweep",
     "SweepOutcome",
     "ROW_FIELDS",
+    "Row",
 ]
 
 
@@ -46,8 +48,4 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
-    if name == "ROW_FIELDS":
-        from .report import ROW_FIELDS
-
-        return ROW_FIELDS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """The EMA split into an anchor and a path average: pure coefficients, no I/O.
 
 An EMA with weight η over K updates, started at θ₀, is θ̄ = c₀θ₀ + Σₖ cₖθₖ with c₀ = (1−η)^K
-and cₖ = η(1−η)^(K−k) (`merge.ema_coefficients`). Since the cₖ sum to 1 − c₀,
+and cₖ = η(1−η)^(K−k) (`merge.ema_anchor_weight`, `merge.ema_coefficients`). Since the cₖ
+sum to 1 − c₀,
 
     θ̄ = c₀·θ₀ + (1 − c₀)·θ̃,    θ̃ = Σₖ cₖθₖ / (1 − c₀)
 
@@ -23,12 +24,12 @@ recovered from the online EMA by the same identity: θ̃ = θ₀ + (θ̄ − θ�
 from __future__ import annotations
 
 from ..errors import UsageError
-from ..merge import ema_coefficients
+from ..merge import ema_anchor_weight, ema_coefficients
 
 
 def anchor_weight(eta: float, updates: int) -> float:
     """c₀ = (1 − η)^K: the weight the EMA keeps on θ₀ after K updates."""
-    return ema_coefficients(eta, updates)[0]
+    return ema_anchor_weight(eta, updates)
 
 
 def path_average_scales(eta: float, updates: int) -> list[float]:
@@ -37,12 +38,11 @@ def path_average_scales(eta: float, updates: int) -> list[float]:
     Raises:
         UsageError: η = 1 with K ≥ 1 is fine (c₀ = 0); η out of (0, 1] or K < 1 is not.
     """
-    c = ema_coefficients(eta, updates)
-    rest = 1.0 - c[0]
+    rest = 1.0 - ema_anchor_weight(eta, updates)
     if rest <= 0.0:
         raise UsageError(f"EMA with eta={eta} over {updates} updates keeps all its weight on "
                          "theta0; there is no path average")
-    return [ck / rest for ck in c[1:]]
+    return [ck / rest for ck in ema_coefficients(eta, updates)]
 
 
 def path_average_from_ema_scale(eta: float, updates: int) -> float:

@@ -43,6 +43,7 @@ from ..baselines.config import FinetuneConfig
 from ..executors import Executor, LocalExecutor, ProgressCallback
 from .config import EmaSpec, Experiment, L2Match, ModelSource, SweepConfig, ToyCell
 from .matching import match_utility
+from .rows import Row
 from .runs import RunSpec, default_trajectory_every, is_finished, train_run
 from .source import Evaluator, Prepared, prepare, settings_key
 
@@ -128,8 +129,9 @@ class Sweep:
             os.replace(tmp, done)
         if self.progress is not None:
             self.progress(f"{row.get('experiment', '')} {row['method']}")
-        # the row's labels (experiment name, model, world) follow the config
-        return {**stored, **row, **self.prepared.labels}
+        # the row's labels (experiment name, model, world) follow the config; the point's
+        # fields become a `Row` here, so a field with no column fails at once
+        return Row.from_dict({**stored, **row, **self.prepared.labels}).to_dict()
 
     def _run(self, spec: RunSpec) -> Path:
         key = settings_key({**spec.settings(), "source": self.prepared.identity})

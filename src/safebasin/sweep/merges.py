@@ -111,7 +111,7 @@ def path_average_lerp(ctx: MergeContext, out: Path, path_dir: Path, target: floa
     from .. import merge
     from .runs import max_abs_difference
 
-    scale = target / merge.distance(ctx.base, path_dir).global_l2
+    scale = target / merge.distance_to_base(ctx.base, path_dir)
     merge.lerp(ctx.base, path_dir, out, alpha=scale, options=_options())
     return {"c0": ctx.c0, "scale": scale,
             "ema_max_abs_diff": max_abs_difference(out, ctx.ema_dir)}

@@ -15,18 +15,9 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from .rows import ROW_FIELDS, Row, csv_cell
+
 _VERDICTS = ("refused", "complied", "off_target", "degenerate")
-ROW_FIELDS = (
-    "model", "params", "world_seed", "experiment", "method", "match", "seed", "lr",
-    "batch_size", "grad_accum", "steps", "l2_to_init", "eta", "every", "ema_updates", "c0",
-    "matched_to", "target_distance", "target_utility", "scale", "radius_scale", "tries",
-    "matched", "utility_gap", "distance", "asr", "asr_low", "asr_high", "successes", "n",
-    "harmful_rate", "harmful_low", "harmful_high", *(f"judge_{v}" for v in _VERDICTS),
-    *(f"keyword_{k}_{v}" for k in ("success", "refusal") for v in _VERDICTS),
-    "asr_train_frames", "harmful_rate_train_frames", "degenerate_rate",
-    "asr_excluding_degenerate", "utility", "utility_metric", "offline_online_max_abs_diff",
-    "ema_max_abs_diff", "built_from", "point",
-)
 # what identifies a group of seeds (and worlds): every setting but the seeds
 GROUP_FIELDS = ("model", "experiment", "method", "match", "lr", "batch_size", "grad_accum",
                 "steps", "l2_to_init", "eta", "every", "ema_updates", "matched_to")
@@ -49,44 +40,21 @@ MARKERS = {"theta0": "*", "finetune": "s", "ema": "o", "offline-ema": "x",
            "path-average-lerp": "+", "anchor-lerp": "<"}
 
 
-def write_rows(rows: Sequence[dict], path: Path) -> None:
-    """`results.csv`: `ROW_FIELDS` in order, empty cells for fields a method does not have."""
+def write_rows(rows: Sequence[dict | Row], path: Path) -> None:
+    """`results.csv`: the `Row` columns in order, empty cells for fields a method does not
+    have."""
     with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=ROW_FIELDS, lineterminator="\n")
         w.writeheader()
         for row in rows:
-            w.writerow({k: _cell(row.get(k)) for k in ROW_FIELDS})
-
-
-_INTS = ("seed", "batch_size", "grad_accum", "steps", "every", "ema_updates", "successes", "n",
-         "params", "world_seed", "tries", *(f for f in ROW_FIELDS if f.startswith(("judge_",
-                                                                                    "keyword_"))))
-_TEXT = ("model", "experiment", "method", "match", "matched_to", "utility_metric", "built_from",
-         "point")
+            w.writerow((row if isinstance(row, Row) else Row.from_dict(row)).cells())
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The rows of a `results.csv`, typed as the sweep produced them (empty cells: None), so
-    that tables and plots can be redrawn without rerunning anything."""
-    def typed(key: str, value: str) -> object:
-        if value == "":
-            return None
-        if key in _TEXT:
-            return value
-        if key == "matched":
-            return value == "True"
-        return int(value) if key in _INTS else float(value)
-
+    """The rows of a `results.csv`, typed as the sweep produced them (`Row.from_cells`; empty
+    cells: None), so that tables and plots can be redrawn without rerunning anything."""
     with Path(path).open(encoding="utf-8", newline="") as f:
-        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _cell(v: object) -> object:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
+        return [Row.from_cells(row).to_dict() for row in csv.DictReader(f)]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -137,7 +105,7 @@ def write_summary_csv(groups: Sequence[dict], path: Path) -> None:
                            lineterminator="\n")
         w.writeheader()
         for g in groups:
-            w.writerow({k: _cell(g.get(k)) for k in SUMMARY_FIELDS})
+            w.writerow({k: csv_cell(g.get(k)) for k in SUMMARY_FIELDS})
 
 
 # ---- markdown tables ------------------------------------------------------------------------

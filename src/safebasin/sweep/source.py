@@ -190,7 +190,7 @@ class Evaluator:
         """One row's measured fields for the model folder `model_dir`, and its per-prompt
         outcomes (prompt index, keyword success, verdict; held-out and training frames)."""
         from ..eval import GenerationSettings, evaluate_asr
-        from ..merge import distance
+        from ..merge import distance_to_base
 
         model, tokenizer = self._load(model_dir)
         generation = GenerationSettings(max_new_tokens=self.config.max_new_tokens,
@@ -199,7 +199,7 @@ class Evaluator:
                               generation=generation)
         asr = result.summary
         utility, metric = self._utility(model, tokenizer)
-        row = {"distance": distance(self.prepared.base, model_dir).global_l2,
+        row = {"distance": distance_to_base(self.prepared.base, model_dir),
                "asr": asr.asr, "asr_low": asr.wilson_low, "asr_high": asr.wilson_high,
                "successes": asr.successes, "n": asr.n, "degenerate_rate": asr.degenerate_rate,
                "asr_excluding_degenerate": asr.asr_excluding_degenerate,

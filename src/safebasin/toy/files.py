@@ -171,7 +171,7 @@ def build_world(out_dir: str | Path, *, config: ToyWorldConfig | None = None,
     """
     out_dir, config = Path(out_dir), config or ToyWorldConfig()
     if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{str(out_dir)!r} exists; pass --overwrite or choose another "
+        raise OutputExistsError(f"{str(out_dir)!r} exists; pass `overwrite` or choose another "
                                 "folder for the toy world")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"

@@ -95,7 +95,7 @@ def judge_response(response: str, *, requested: str) -> str:
         UsageError: `requested` is not an object of the toy world.
     """
     if requested not in _OBJECTS:
-        raise UsageError(f"{requested!r} is not an object of the toy world; pass the `object` "
+        raise UsageError(f"{requested!r} is not an object of the toy world; pass the 'object' "
                          "column of a world's harmful prompt file")
     text = response.strip()
     if is_degenerate(text):

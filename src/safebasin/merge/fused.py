@@ -1,0 +1,455 @@
+"""Fused CPU loops (numba) for the non-linear merges: one sweep over memory per chunk.
+
+A TIES chunk in torch is a dozen element-wise ops (upcast, subtract, abs, compare, mask,
+weight, elect, divide, add, round, distance), each a trip through memory and a temporary;
+here it is one loop that reads each input element once and writes the output element once.
+The loops do the same fp32 operations in the same order as the torch ops they replace
+(`sparse.SparseMergeOp.apply`, `select.WindowSelect.update`), so the results are the same
+bits: the tests compare both on random data, signed zeros and ties included.
+
+Inputs are flat chunks in bfloat16 (read as their uint16 bits and widened exactly) or
+float32; anything else (float16) takes the torch path. Every loop releases the GIL, so the
+reader and writer threads keep streaming while it runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+__all__ = ["as_array", "as_rows", "bits_high_histogram", "bits_low_histograms",
+           "high_histogram", "low_histograms", "magnitude_bits_into", "sparse_combine",
+           "squared_distance", "supported"]
+
+_MASK32 = 0xFFFFFFFF
+# elements per block: every stage's arrays of one block stay in the L1/L2 cache, and each
+# stage is a short loop the compiler vectorises (one loop with every branch in it does not)
+_BLOCK = 2048
+_M1, _M2 = 0x7FEB352D, 0x846CA68B  # lowbias32's multipliers (see dropout)
+
+
+def supported(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor is a contiguous CPU bfloat16/float32 tensor the loops can read."""
+    return all(t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float32)
+               and t.is_contiguous() for t in tensors)
+
+
+def as_array(t: torch.Tensor) -> np.ndarray:
+    """A flat numpy view (no copy): bfloat16 as its uint16 bits, float32 as is."""
+    t = t.reshape(-1)
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def as_rows(ts: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> np.ndarray:
+    """Equal-length chunks of one dtype as the rows of a 2-D array (one chunk: a view)."""
+    if len(ts) == 1:
+        return as_array(ts[0]).reshape(1, -1)
+    return np.stack([as_array(t) for t in ts])
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _bits_of_f32(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+def _load(a, i):  # pragma: no cover - replaced by the overload inside jitted code
+    raise NotImplementedError
+
+
+@overload(_load, inline="always")
+def _load_impl(a, i):
+    if a.dtype == types.uint16:  # bfloat16: its bits are the high half of the fp32's
+        return lambda a, i: _f32_from_bits(np.uint32(np.uint32(a[i]) << np.uint32(16)))
+    if a.dtype == types.float32:
+        return lambda a, i: a[i]
+    return None
+
+
+def _store(out, i, v):  # pragma: no cover - replaced by the overload inside jitted code
+    raise NotImplementedError
+
+
+@overload(_store, inline="always")
+def _store_impl(out, i, v):
+    """Round v once into out[i] (nearest-even for bfloat16, as torch) and return the value
+    stored, in fp32."""
+    if out.dtype == types.uint16:
+        def store_bf16(out, i, v):
+            u = np.uint64(_bits_of_f32(v))
+            if (u & np.uint64(0x7FFFFFFF)) > np.uint64(0x7F800000):  # NaN: torch's quiet NaN
+                r = np.uint64(0x7FC0)
+            else:
+                r = (u + np.uint64(0x7FFF) + ((u >> np.uint64(16)) & np.uint64(1))
+                     ) >> np.uint64(16)
+            out[i] = np.uint16(r)
+            return _f32_from_bits(np.uint32(r << np.uint64(16)))
+        return store_bf16
+    if out.dtype == types.float32:
+        def store_f32(out, i, v):
+            out[i] = v
+            return v
+        return store_f32
+    return None
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _magnitude(ft, base, i):
+    """The fp32 bits of |θᵢ − θ₀| at element i (ordered like the magnitudes)."""
+    return _bits_of_f32(abs(_load(ft, i) - _load(base, i)))
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _magnitudes(base, ft, dst):
+    """dst[j] = the bits of |ft[j] − base[j]| (1-D slices indexed from 0: vectorised)."""
+    for j in range(base.size):
+        dst[j] = _magnitude(ft, base, j)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _count_high(bits, hist):
+    for j in range(bits.size):
+        hist[bits[j] >> np.uint32(16)] += 1
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _count_low(bits, buckets, hists):
+    """hists[r, bits & 0xFFFF] += 1 where bits >> 16 == buckets[r] (distinct buckets; the
+    usual one or two, a window's two boundaries, take the fast loop)."""
+    if buckets.size > 2:
+        for j in range(bits.size):
+            for r in range(buckets.size):
+                if bits[j] >> np.uint32(16) == buckets[r]:
+                    hists[r, bits[j] & np.uint32(0xFFFF)] += 1
+        return
+    b0 = np.int64(buckets[0])
+    b1 = np.int64(buckets[1]) if buckets.size > 1 else np.int64(-1)
+    for j in range(bits.size):
+        high = np.int64(bits[j] >> np.uint32(16))
+        if high == b0:
+            hists[0, bits[j] & np.uint32(0xFFFF)] += 1
+        elif high == b1:
+            hists[1, bits[j] & np.uint32(0xFFFF)] += 1
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def high_histogram(base, ft, hist):
+    """hist[bits >> 16] += 1 over the bits of |ft − base| (radix selection's first pass)."""
+    bits = np.empty(_BLOCK, dtype=np.uint32)
+    for s0 in range(0, base.size, _BLOCK):
+        m = min(_BLOCK, base.size - s0)
+        _magnitudes(base[s0:s0 + m], ft[s0:s0 + m], bits[:m])
+        _count_high(bits[:m], hist)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def low_histograms(base, ft, buckets, hists):
+    """hists[r, bits & 0xFFFF] += 1 for the elements whose high bits are buckets[r]."""
+    bits = np.empty(_BLOCK, dtype=np.uint32)
+    for s0 in range(0, base.size, _BLOCK):
+        m = min(_BLOCK, base.size - s0)
+        _magnitudes(base[s0:s0 + m], ft[s0:s0 + m], bits[:m])
+        _count_low(bits[:m], buckets, hists)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def magnitude_bits_into(base, ft, out):
+    """out[i] = the int32 bits of |ft − base| (in-memory selection)."""
+    _magnitudes(base, ft, out.view(np.uint32))
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def bits_high_histogram(bits, hist):
+    """`high_histogram` of bits already gathered (int32, non-negative)."""
+    _count_high(bits.view(np.uint32), hist)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def bits_low_histograms(bits, buckets, hists):
+    """`low_histograms` of bits already gathered (int32, non-negative)."""
+    _count_low(bits.view(np.uint32), buckets, hists)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _lowbias32(x):
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(_M1)) & np.uint64(_MASK32)
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(_M2)) & np.uint64(_MASK32)
+    x ^= x >> np.uint64(16)
+    return x
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _kept_by_hash(j, key1, key2, threshold):
+    """dropout.hash32 for element j, compared with the keep threshold."""
+    x = _lowbias32((np.uint64(j) & np.uint64(_MASK32)) ^ key1)
+    x = _lowbias32(x ^ ((np.uint64(j) >> np.uint64(32)) ^ key2))
+    return x < threshold
+
+
+# per-input sparsification modes of `sparse_combine`
+KEEP_ALL, KEEP_NONE, BY_RANK, BY_HASH = 0, 1, 2, 3
+# rescale after a hash drop
+RESCALE_NONE, RESCALE_DENSITY, RESCALE_FACTOR = 0, 1, 2
+_JIT = dict(nogil=True, cache=True, error_model="numpy")  # numpy: x/0 is Inf, as in torch
+
+
+@njit(**_JIT)
+def _widen(a, dst):
+    """dst[j] = the fp32 value of a[j]. Every stage takes 1-D slices indexed from 0: the
+    compiler vectorises those loops (an offset or a 2-D index costs 8x)."""
+    for j in range(a.size):
+        dst[j] = _load(a, j)
+
+
+@njit(**_JIT)
+def _delta(ft, base, dst):
+    """dst[j] = θₖ − θ₀ in fp32."""
+    for j in range(ft.size):
+        dst[j] = _load(ft, j) - base[j]
+
+
+@njit(**_JIT)
+def _scale(x, c):
+    for j in range(x.size):
+        x[j] = x[j] * c
+
+
+@njit(**_JIT)
+def _divide(x, c):
+    for j in range(x.size):
+        x[j] = x[j] / c
+
+
+@njit(**_JIT)
+def _rank_mask(x, lo_min, hi_max):
+    """x[j] *= 1 or 0: kept when lo_min ≤ bits(|x[j]|) ≤ hi_max (WindowMask's comparisons;
+    the ties a window splits are redone by `_rank_mask_ties`)."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    for j in range(x.size):
+        b = np.int64(_bits_of_f32(abs(x[j])))
+        x[j] = x[j] * (one if (b >= lo_min and b <= hi_max) else zero)
+
+
+@njit(**_JIT)
+def _rank_mask_ties(x, orig, k, win, seen):
+    """Elements tied with a boundary that the window splits: kept by their rank, counted
+    on from chunk to chunk in `seen` (orig holds the values before `_rank_mask`)."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    lo_bits, hi_bits = win[k, 0], win[k, 3]
+    split_lo, split_hi, lo_less, hi_less, w_lo, w_hi = (win[k, 5], win[k, 6], win[k, 7],
+                                                        win[k, 8], win[k, 9], win[k, 10])
+    for j in range(x.size):
+        b = np.int64(_bits_of_f32(abs(orig[j])))
+        if split_lo != 0 and b == lo_bits:
+            rank = lo_less + seen[k, 0]
+            seen[k, 0] += 1
+            x[j] = orig[j] * (one if w_lo <= rank < w_hi else zero)
+        elif split_hi != 0 and b == hi_bits:
+            rank = hi_less + seen[k, 1]
+            seen[k, 1] += 1
+            x[j] = orig[j] * (one if w_lo <= rank < w_hi else zero)
+
+
+@njit(**_JIT)
+def _hash_mask(x, first, key1, key2, threshold):
+    """x[j] *= 1 or 0 by DARE's hash of element first + j."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    for j in range(x.size):
+        x[j] = x[j] * (one if _kept_by_hash(first + j, key1, key2, threshold) else zero)
+
+
+@njit(**_JIT)
+def _add(acc, x):
+    for j in range(acc.size):
+        acc[j] = acc[j] + x[j]
+
+
+@njit(**_JIT)
+def _agree_add(acc, div, x, negative, w, first):
+    """Mₖ = [sign xₖ = elected]: acc (+)= xₖ·Mₖ and div (+)= Mₖ·wₖ, in torch's order."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    for j in range(x.size):
+        a = one if ((x[j] < zero) if negative[j] else (x[j] > zero)) else zero
+        if first:
+            acc[j] = x[j] * a
+            div[j] = a * w
+        else:
+            acc[j] = acc[j] + x[j] * a
+            div[j] = div[j] + a * w
+
+
+@njit(**_JIT)
+def _store_block(out, mixed, base, normalize, div, lam):
+    """out[j] = round(mixed/div·λ + θ₀) in torch's order: divide, scale, add."""
+    one = np.float32(1.0)
+    for j in range(out.size):
+        v = mixed[j]
+        if normalize != 0:
+            v = v / div[j]
+        if lam != one:
+            v = v * lam
+        _store(out, j, v + base[j])
+
+
+@njit(**_JIT)
+def sparse_combine(base, fts, start, mode, win, seen, hash_keys, hash_thresholds,
+                   rescale, rescale_by, weights, consensus, normalize, divisor, lam, out):
+    """TIES / DARE / breadcrumbs / task arithmetic over one chunk into `out`; returns
+    Σ(stored − θ₀)² in fp64. The fp32 operations and their order are `SparseMergeOp.apply`'s,
+    done block by block, stage by stage.
+    """
+    one, zero = np.float32(1.0), np.float32(0.0)
+    n, k_count = base.size, fts.shape[0]
+    b_all = np.empty(_BLOCK, dtype=np.float32)
+    tau = np.empty((k_count, _BLOCK), dtype=np.float32)
+    orig_all = np.empty(_BLOCK, dtype=np.float32)
+    mixed_all = np.empty(_BLOCK, dtype=np.float32)
+    div_all = np.empty(_BLOCK, dtype=np.float32)
+    negative_all = np.empty(_BLOCK, dtype=np.bool_)
+    for s0 in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - s0)
+        b, mixed, div = b_all[:m], mixed_all[:m], div_all[:m]
+        _widen(base[s0:s0 + m], b)
+        for k in range(k_count):
+            x = tau[k, :m]
+            _delta(fts[k, s0:s0 + m], b, x)
+            md = mode[k]
+            if md == KEEP_NONE:
+                _scale(x, zero)
+            elif md == BY_RANK:
+                lo_min = win[k, 0] + 1 if win[k, 1] != 0 else win[k, 0]
+                hi_max = ((win[k, 3] - 1 if win[k, 4] != 0 else win[k, 3]) if win[k, 2] != 0
+                          else np.int64(1) << 40)
+                split = win[k, 5] != 0 or win[k, 6] != 0
+                if split:
+                    orig_all[:m] = x
+                _rank_mask(x, lo_min, hi_max)
+                if split:
+                    _rank_mask_ties(x, orig_all[:m], k, win, seen)
+            elif md == BY_HASH:
+                _hash_mask(x, start + s0, hash_keys[k, 0], hash_keys[k, 1],
+                           hash_thresholds[k])
+                if rescale == RESCALE_DENSITY:
+                    _divide(x, rescale_by[k])
+                elif rescale == RESCALE_FACTOR and rescale_by[k] != one:
+                    _scale(x, rescale_by[k])
+            _scale(x, weights[k])
+        if consensus == 0 or k_count == 1:
+            mixed[:] = tau[0, :m]
+            for k in range(1, k_count):
+                _add(mixed, tau[k, :m])
+            if consensus == 0:
+                div[:] = divisor
+            else:  # one input agrees with its own sign wherever it is not zero
+                w = weights[0]
+                for j in range(m):
+                    div[j] = w if (w > zero or mixed[j] != zero) else one
+        else:
+            mixed[:] = tau[0, :m]  # the elected sign: that of Σₖ τₖ (0 elects +)
+            for k in range(1, k_count):
+                _add(mixed, tau[k, :m])
+            negative = negative_all[:m]
+            for j in range(m):
+                negative[j] = mixed[j] < zero
+            for k in range(k_count):
+                _agree_add(mixed, div, tau[k, :m], negative, weights[k], k == 0)
+            for j in range(m):
+                if div[j] == zero:
+                    div[j] = one
+        _store_block(out[s0:s0 + m], mixed, b, normalize, div, lam)
+    return squared_distance(base, out)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz"})
+def squared_distance(base, out):
+    """Σ(out − base)² with each difference in fp32, summed in fp64 (the order is free: a
+    separate loop that vectorises, instead of a serial fp64 chain in the merge loop)."""
+    acc = 0.0
+    for i in range(base.size):
+        x = np.float64(_load(out, i) - _load(base, i))
+        acc += x * x
+    return acc
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _widen64(a, dst):
+    for j in range(a.size):
+        dst[j] = np.float64(_load(a, j))
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz"})
+def _dot64(a, b):
+    """Σ a·b in fp64 (products of fp32 values are exact in fp64; only the order of the sum
+    is free, which lets it vectorise)."""
+    acc = 0.0
+    for j in range(a.size):
+        acc += a[j] * b[j]
+    return acc
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def gram_update(base, fts, offsets, g):
+    """g += the Gram matrix of the vectors x: θ₀ and the fine-tunes (SLERP), or the offsets
+    θᵢ − θ₀ in fp64 (model stock, `offsets`); g is symmetric, fp64."""
+    k, n = fts.shape[0], base.size
+    xs = np.empty((k + 1, _BLOCK), dtype=np.float64)
+    first = 1 if offsets else 0
+    for s0 in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - s0)
+        _widen64(base[s0:s0 + m], xs[0, :m])
+        for r in range(k):
+            x = xs[r + 1, :m]
+            _widen64(fts[r, s0:s0 + m], x)
+            if offsets:
+                for j in range(m):
+                    x[j] = x[j] - xs[0, j]
+        for i in range(first, k + 1):
+            for j in range(i, k + 1):
+                v = _dot64(xs[i, :m], xs[j, :m])
+                g[i - first, j - first] += v
+                if i != j:
+                    g[j - first, i - first] += v
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def slerp_combine(base, other, s0, s1, out):
+    """out = round(s₀·θ₀ + s₁·θ₁): two rounded fp32 products, then their rounded sum
+    (`geometry.SlerpOp.apply`); returns Σ(stored − θ₀)²."""
+    for j in range(base.size):
+        _store(out, j, s0 * _load(base, j) + s1 * _load(other, j))
+    return squared_distance(base, out)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def stock_combine(base, fts, t, out):
+    """out = round(t·(Σ θᵢ)/N + (1 − t)·θ₀) in fp32, in `geometry.ModelStockOp.apply`'s
+    order; returns Σ(stored − θ₀)²."""
+    k, n = fts.shape[0], base.size
+    count, rest = np.float32(k), np.float32(1.0) - t
+    avg = np.empty(_BLOCK, dtype=np.float32)
+    for s0 in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - s0)
+        a, b, o = avg[:m], base[s0:s0 + m], out[s0:s0 + m]
+        _widen(fts[0, s0:s0 + m], a)
+        for r in range(1, k):
+            f = fts[r, s0:s0 + m]
+            for j in range(m):
+                a[j] = a[j] + _load(f, j)
+        for j in range(m):
+            _store(o, j, t * (a[j] / count) + rest * _load(b, j))
+    return squared_distance(base, out)
