@@ -17,6 +17,7 @@ and is not compared.
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import tempfile
@@ -114,6 +115,44 @@ def compare(a: dict, b: dict, inputs: list[dict]) -> tuple[int, float, float]:
     return worst, differ / total, scaled
 
 
+def exact(method: str, inputs: list[dict]) -> dict | None:
+    """The float64 result of SLERP or model stock from their formulas (docs/merging.md), to
+    say which of two fp32 results that differ is nearer the truth; None for other methods."""
+    out = {}
+    for k in inputs[0]:
+        xs = [d[k].double() for d in inputs]
+        if method == "slerp":
+            v0, v1, t = xs[0], xs[1], 0.35
+            n0, n1 = v0.norm(), v1.norm()
+            n0, n1 = (n0 if n0 > 1e-8 else 1.0), (n1 if n1 > 1e-8 else 1.0)
+            dot = float(((v0 / n0) * (v1 / n1)).sum().clamp(-1, 1))
+            if abs(dot) > 0.9995:
+                out[k] = (1 - t) * v0 + t * v1
+                continue
+            theta = math.acos(dot)
+            s0, s1 = (math.sin((1 - t) * theta) / math.sin(theta),
+                      math.sin(t * theta) / math.sin(theta))
+            out[k] = s0 * v0 + s1 * v1
+        elif method == "model_stock":
+            d = [x - xs[0] for x in xs[1:]]
+            cos = [float((a * b).sum() / max(float(a.norm() * b.norm()), 1e-6))
+                   for i, a in enumerate(d) for b in d[i + 1:]]
+            c = min(1.0, max(-1.0, sum(cos) / len(cos)))
+            n = len(d)
+            den = 1 + (n - 1) * c
+            t = 0.0 if abs(den) < 1e-6 else n * c / den
+            out[k] = t * sum(xs[1:]) / n + (1 - t) * xs[0]
+        else:
+            return None
+    return out
+
+
+def error_at_inputs(a: dict, ref: dict, inputs: list[dict]) -> float:
+    """Largest |a − ref| in ulps of a's dtype at the inputs' magnitude."""
+    return max(float(((a[k].double() - ref[k]).abs()
+                      / input_ulp([x[k] for x in inputs], a[k].dtype)).max()) for k in a)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mergekit", required=True, help="path to mergekit-yaml (own venv)")
@@ -133,7 +172,7 @@ def main() -> None:
         n = sum(t.numel() for t in inputs[0].values())
         print(f"{n} elements per model; ulps: at the output value / at the inputs' magnitude")
         print(f"{'method':18s} {'out dtype':9s} {'max ulps':>9s} {'differing':>10s} "
-              f"{'max ulps at inputs':>18s}")
+              f"{'max ulps at inputs':>18s} {'safebasin / mergekit vs fp64 exact':>36s}")
         for method in args.methods.split(","):
             for out_dtype in ("float32", "bfloat16"):
                 cfg_path = root / f"{method}-{out_dtype}.yml"
@@ -151,7 +190,12 @@ def main() -> None:
                 if set(a) != set(b):
                     raise SystemExit(f"{method}: tensor names differ: {sorted(set(a) ^ set(b))}")
                 worst, share, scaled = compare(a, b, inputs)
-                print(f"{method:18s} {out_dtype:9s} {worst:9d} {share:10.2e} {scaled:18.3f}")
+                ref = exact(method, inputs[:2] if method == "slerp" else inputs)
+                truth = ("" if ref is None else
+                         f"{error_at_inputs(a, ref, inputs):17.3f} / "
+                         f"{error_at_inputs(b, ref, inputs):.3f}")
+                print(f"{method:18s} {out_dtype:9s} {worst:9d} {share:10.2e} {scaled:18.3f} "
+                      f"{truth}")
 
 
 if __name__ == "__main__":
