@@ -124,3 +124,24 @@ def test_dare_l1_rescale_keeps_each_tensors_l1_norm(models, tmp_path):
             assert 0.25 < float((out[k] != base[k]).double().mean()) < 0.35, k
         assert float((out[k] - base[k]).abs().sum()) == pytest.approx(
             float((ft[k] - base[k]).abs().sum()), rel=1e-5), k
+
+
+def _lowbias32(x: int) -> int:
+    """Wellons' lowbias32 in Python integers, from its published constants."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_keep_mask_is_the_documented_hash_of_seed_name_and_index():
+    import xxhash
+
+    key = xxhash.xxh3_64_intdigest(b"7\0layer.w")
+    k1, k2 = key & 0xFFFFFFFF, key >> 32
+    threshold = keep_threshold(0.4)
+    start = (1 << 32) - 5  # the index's high word enters the second round
+    want = [_lowbias32(_lowbias32((j & 0xFFFFFFFF) ^ k1) ^ ((j >> 32) ^ k2)) < threshold
+            for j in range(start, start + 10)]
+    assert keep_mask(7, "layer.w", start, start + 10, 0.4).tolist() == want

@@ -14,6 +14,8 @@ reader and writer threads keep streaming while it runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from llvmlite import ir
@@ -21,7 +23,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 __all__ = ["as_array", "as_rows", "bits_high_histogram", "bits_low_histograms",
-           "high_histogram", "low_histograms", "magnitude_bits_into", "sparse_combine",
+           "hash_keep", "high_histogram", "low_histograms", "magnitude_bits_into", "sparse_combine",
            "squared_distance", "supported"]
 
 _MASK32 = 0xFFFFFFFF
@@ -31,10 +33,13 @@ _BLOCK = 2048
 _M1, _M2 = 0x7FEB352D, 0x846CA68B  # lowbias32's multipliers (see dropout)
 
 
-def supported(*tensors: torch.Tensor) -> bool:
-    """Whether every tensor is a contiguous CPU bfloat16/float32 tensor the loops can read."""
-    return all(t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float32)
-               and t.is_contiguous() for t in tensors)
+def supported(inputs: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> bool:
+    """Whether the loops can read `inputs` (θ₀ first) and write `out`: contiguous CPU
+    bfloat16/float32 tensors, the fine-tunes (inputs 1..K, stacked as rows) of one dtype."""
+    ts = [*inputs, *([] if out is None else [out])]
+    return (all(t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float32)
+                and t.is_contiguous() for t in ts)
+            and len({t.dtype for t in inputs[1:]}) <= 1)
 
 
 def as_array(t: torch.Tensor) -> np.ndarray:
@@ -195,7 +200,8 @@ def _lowbias32(x):
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _kept_by_hash(j, key1, key2, threshold):
-    """dropout.hash32 for element j, compared with the keep threshold."""
+    """DARE's keep decision for element j (see `dropout`): two rounds of lowbias32 over the
+    index's low word ^ key1, then ^ (its high word ^ key2), compared with the threshold."""
     x = _lowbias32((np.uint64(j) & np.uint64(_MASK32)) ^ key1)
     x = _lowbias32(x ^ ((np.uint64(j) >> np.uint64(32)) ^ key2))
     return x < threshold
@@ -271,6 +277,13 @@ def _hash_mask(x, first, key1, key2, threshold):
     one, zero = np.float32(1.0), np.float32(0.0)
     for j in range(x.size):
         x[j] = x[j] * (one if _kept_by_hash(first + j, key1, key2, threshold) else zero)
+
+
+@njit(**_JIT)
+def hash_keep(first, key1, key2, threshold, out):
+    """out[j] = DARE keeps element first + j (`dropout.keep_mask`)."""
+    for j in range(out.size):
+        out[j] = _kept_by_hash(first + j, key1, key2, threshold)
 
 
 @njit(**_JIT)

@@ -42,7 +42,7 @@ class Gram(TensorStatistic):
         self.g = np.zeros((k, k))
 
     def update(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> None:
-        if fused.supported(*tensors) and len({t.dtype for t in tensors[1:]}) == 1:
+        if fused.supported(tensors):
             fused.gram_update(fused.as_array(tensors[0]), fused.as_rows(tensors[1:]),
                               self.offsets, self.g)
             return
@@ -90,7 +90,7 @@ class SlerpOp(TensorOp):
 
     def fill(self, tensors: Sequence[torch.Tensor], start: int, stop: int,
              out: torch.Tensor) -> float | None:
-        if not fused.supported(*tensors, out):
+        if not fused.supported(tensors, out):
             return None
         return float(fused.slerp_combine(*(fused.as_array(t) for t in tensors),
                                          np.float32(self.s0.item()), np.float32(self.s1.item()),
@@ -126,7 +126,7 @@ class ModelStockOp(TensorOp):
 
     def fill(self, tensors: Sequence[torch.Tensor], start: int, stop: int,
              out: torch.Tensor) -> float | None:
-        if not (fused.supported(*tensors, out) and len({t.dtype for t in tensors[1:]}) == 1):
+        if not fused.supported(tensors, out):
             return None
         return float(fused.stock_combine(fused.as_array(tensors[0]),
                                          fused.as_rows(tensors[1:]),

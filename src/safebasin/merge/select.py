@@ -133,21 +133,13 @@ class _Radix:
             fused.low_histograms(a, b, self._low_keys, self._low_rows.numpy())
 
     def update(self, bits: torch.Tensor) -> None:
+        """Count a chunk of gathered magnitude bits (flat int32, as `magnitude_bits` makes)."""
         self._histograms()
-        if bits.is_contiguous() and bits.device.type == "cpu":  # one loop, no temporaries
-            if self.pass_ == 0:
-                fused.bits_high_histogram(bits.numpy(), self.high.numpy())  # type: ignore
-            else:
-                fused.bits_low_histograms(bits.numpy(), self._low_keys, self._low_rows.numpy())
-            return
-        hi = bits >> 16
+        b = bits.contiguous().numpy()
         if self.pass_ == 0:
-            self.high += torch.bincount(hi, minlength=_HIGH_BINS)
-            return
-        for b, hist in self.low.items():
-            sel = bits[hi == b] & 0xFFFF
-            if sel.numel():
-                hist += torch.bincount(sel, minlength=_LOW_BINS)
+            fused.bits_high_histogram(b, self.high.numpy())  # type: ignore[union-attr]
+        else:
+            fused.bits_low_histograms(b, self._low_keys, self._low_rows.numpy())
 
     def end_tensor(self) -> None:
         """The tensor's last chunk of this pass has been seen."""
@@ -193,7 +185,7 @@ class WindowSelect(TensorStatistic):
             for i in self._active:
                 if i not in self._bits:
                     self._bits[i] = torch.empty(self._n, dtype=torch.int32)
-        if fused.supported(*tensors):  # one loop per input, no temporaries
+        if fused.supported(tensors):  # one loop per input, no temporaries
             for i in self._active:
                 if self._memory:
                     fused.magnitude_bits_into(fused.as_array(tensors[0]),

@@ -144,7 +144,7 @@ class SparseMergeOp(TensorOp):
              out: torch.Tensor) -> float | None:
         """The fused loop (`fused.sparse_combine`): the same bits as `apply`, one pass."""
         fts = tensors[1:]
-        if not (fused.supported(*tensors, out) and len({t.dtype for t in fts}) == 1):
+        if not fused.supported(tensors, out):
             return None
         if self._fused is None:
             self._fused = _FusedParams.of(self)
