@@ -1,7 +1,11 @@
 """SLERP and model stock: norms and dot products first, then a blend, as mergekit 0.1.5 does.
 
-Both need whole-tensor statistics that stream in one pass with fp64 accumulators, and then
-combine chunk by chunk in mergekit's order of fp32 operations.
+Both need whole-tensor statistics, streamed chunk by chunk, and then combine chunk by chunk in
+mergekit's order of fp32 operations. SLERP's statistics are mergekit's own: fp32 norms and dot
+products over blocks of 2²⁰ elements, with torch's ops on as many threads as mergekit would use,
+so the result equals mergekit's bit for bit (two passes: norms, then the dot product of the
+normalised vectors). Model stock's are fp64 sums: mergekit reduces whole tensors at once in fp32,
+an order that no bounded-memory pass can reproduce (docs/merging.md).
 
 SLERP (two models, θ₀ and θ₁, each tensor one vector; Shoemake 1985, as mergekit applies it):
     v̂ = v/‖v‖ (unless ‖v‖ ≤ 1e-8), d = clamp(v̂₀·v̂₁, −1, 1); |d| > 0.9995: θ = (1−t)θ₀ + tθ₁
@@ -14,6 +18,7 @@ Model stock (Jang et al. 2024, arXiv 2403.19522, as mergekit computes it, per te
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,11 +28,13 @@ from ..checkpoint import Checkpoint
 from . import fused
 from .ops import TensorOp, TensorStatistic
 from .statistics import collect_statistics
+from .stream import torch_threads
 
-__all__ = ["model_stock_t", "plan_model_stock", "plan_slerp", "slerp_coefficients"]
+__all__ = ["SlerpCosine", "model_stock_t", "plan_model_stock", "plan_slerp", "slerp_coefficients"]
 
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's DOT_THRESHOLD: above it, lerp
 SLERP_EPS = 1e-8  # mergekit's eps: norms at or below it are not normalised
+SLERP_BLOCK = 1024 * 1024  # mergekit's _CHUNK_ELEMENTS: its norms and dots are summed per block
 STOCK_EPS = 1e-6  # mergekit's clamp of the norm product
 
 
@@ -59,16 +66,71 @@ class Gram(TensorStatistic):
                     self.g[j, i] += v
 
 
-def slerp_coefficients(t: float, g: torch.Tensor
+class SlerpCosine(TensorStatistic):
+    """cos(θ₀, θ₁) of one tensor in mergekit 0.1.5's order of operations.
+
+    Pass 1: ‖·‖ of each block of 2²⁰ elements, then the norm of those norms (norms at or
+    below 1e-8 count as 1). Pass 2: Σ (x/‖θ₀‖)(y/‖θ₁‖) per block, then the sum of the block
+    sums, clamped to [−1, 1]. Each block is reduced by the same torch op on `threads` threads:
+    torch's sums split work by thread, so the bits depend on the thread count.
+    Memory: one block per input (a block split across update calls is buffered).
+    """
+
+    def __init__(self, numel: int, dtype: torch.dtype, threads: int) -> None:
+        self.numel, self.threads = numel, threads
+        self.work = torch.float64 if dtype == torch.float64 else torch.float32
+        self.second_pass = False
+        self.norm_parts: tuple[list, list] = ([], [])
+        self.dot_parts: list[torch.Tensor] = []
+        self.norms: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.dot = torch.ones((), dtype=self.work)  # an empty tensor is interpolated linearly
+        self._partial: list[list[torch.Tensor]] = [[], []]
+
+    def update(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> None:
+        a, b = tensors
+        pos = start
+        while pos < stop:  # cut at mergekit's block boundaries
+            end = min(stop, (pos // SLERP_BLOCK + 1) * SLERP_BLOCK)
+            pieces = (a[pos - start:end - start], b[pos - start:end - start])
+            complete = end % SLERP_BLOCK == 0 or end == self.numel
+            if not self._partial[0] and pos % SLERP_BLOCK == 0 and complete:
+                self._block(*pieces)
+            else:
+                for buffer, piece in zip(self._partial, pieces, strict=True):
+                    buffer.append(piece.clone())
+                if complete:
+                    self._block(*(torch.cat(buffer) for buffer in self._partial))
+                    self._partial = [[], []]
+            pos = end
+
+    def _block(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        x, y = a.reshape(1, -1).to(self.work), b.reshape(1, -1).to(self.work)
+        with torch_threads(self.threads):
+            if not self.second_pass:
+                self.norm_parts[0].append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
+                self.norm_parts[1].append(torch.linalg.vector_norm(y, dim=1, keepdim=True))
+            else:
+                n0, n1 = self.norms
+                self.dot_parts.append(((x / n0) * (y / n1)).sum(dim=1, keepdim=True))
+
+    def end_pass(self) -> bool:
+        if self.numel == 0:
+            return False
+        with torch_threads(self.threads):
+            if not self.second_pass:
+                norms = [torch.linalg.vector_norm(torch.stack(p), dim=0) for p in self.norm_parts]
+                self.norms = tuple(torch.where(n > SLERP_EPS, n, 1) for n in norms)
+                self.second_pass = True
+                return True
+            self.dot = torch.stack(self.dot_parts).sum(dim=0).clamp(-1, 1).reshape(())
+        return False
+
+
+def slerp_coefficients(t: float, dot: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(s₀, s₁, interpolated linearly) of θ = s₀θ₀ + s₁θ₁ for vectors whose statistics are
-    g = (‖θ₀‖², ‖θ₁‖², θ₀·θ₁), each a tensor (one entry per vector), in mergekit's fp32
-    arithmetic after the dot product (which safebasin accumulates in fp64)."""
-    n0, n1 = g[0].sqrt(), g[1].sqrt()
-    n0 = torch.where(n0 > SLERP_EPS, n0, 1.0)
-    n1 = torch.where(n1 > SLERP_EPS, n1, 1.0)
-    dot = (g[2] / (n0 * n1)).float().clamp(-1, 1)
-    tt = torch.tensor(t, dtype=torch.float32)
+    """(s₀, s₁, interpolated linearly) of θ = s₀θ₀ + s₁θ₁ given the clamped cosine `dot`
+    (fp32, one entry per vector), in mergekit's fp32 arithmetic."""
+    tt = torch.tensor(t, dtype=dot.dtype)
     linear = dot.abs() > SLERP_DOT_THRESHOLD
     theta = torch.acos(torch.where(linear, 0, dot))
     sin = torch.sin(theta)
@@ -138,15 +200,17 @@ def _floats(base: Checkpoint) -> list[str]:
 
 
 def plan_slerp(inputs: Sequence[Checkpoint], t: float) -> tuple[dict[str, SlerpOp], list]:
-    """One statistics pass (norms and the dot product per tensor), then the ops.
+    """Two statistics passes (norms, then the dot product per tensor), then the ops.
 
     Returns (ops, the tensors interpolated linearly, for the recipe)."""
-    stats = {n: Gram(2, offsets=False) for n in _floats(inputs[0])}
+    threads = torch.get_num_threads()  # mergekit's: torch's default, here outside the passes
+    base = inputs[0]
+    stats = {n: SlerpCosine(math.prod(base.shape(n)), base.dtype(n), threads)
+             for n in _floats(base)}
     collect_statistics(inputs, stats)
     ops, linear = {}, []
     for n, st in stats.items():
-        g = torch.tensor([st.g[0, 0], st.g[1, 1], st.g[0, 1]], dtype=torch.float64)
-        s0, s1, lin = slerp_coefficients(t, g)
+        s0, s1, lin = slerp_coefficients(t, st.dot.float())
         ops[n] = SlerpOp(s0, s1)
         if bool(lin):
             linear.append(n)

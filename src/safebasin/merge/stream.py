@@ -196,7 +196,20 @@ def _prod(xs: Sequence[int]) -> int:
 
 
 @contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU ops on n intra-op threads inside the block, then restore the setting."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def one_torch_thread() -> contextlib.AbstractContextManager[None]:
     """Run torch's CPU ops on one thread while streaming, then restore the setting.
 
     Streaming already keeps the cores busy with its reader and writer threads; torch's
@@ -204,9 +217,4 @@ def one_torch_thread() -> Iterator[None]:
     milliseconds for its OpenMP team (measured on 2 cores at load 4: 41 s for a 135M-shaped
     lerp with 2 threads, 1.2 s with one).
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
