@@ -10,6 +10,8 @@ import pytest
 import torch
 from support import make_chat_model, make_model
 
+pytest_plugins = ["early_jobs"]  # slow child processes started with the session
+
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:

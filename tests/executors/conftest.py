@@ -1,4 +1,4 @@
-"""Fixtures for the executor tests: a small graph of points, and one Ray cluster per session."""
+"""Fixtures for the executor tests (the session's Ray cluster is started early: `early_jobs`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="session")
 def worker_env():
-    """Workers in other processes (Ray, submitit) import `executor_jobs` by name."""
+    """Workers in submitit's processes import `executor_jobs` by name."""
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), old) if p)
     yield
@@ -20,12 +20,3 @@ def worker_env():
         os.environ.pop("PYTHONPATH", None)
     else:
         os.environ["PYTHONPATH"] = old
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(worker_env):
-    """One local two-CPU Ray cluster for the session (it takes ~10 s to start)."""
-    ray = pytest.importorskip("ray", reason="Ray is in the [ray] and [dev] extras")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()

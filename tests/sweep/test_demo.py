@@ -28,13 +28,13 @@ METHODS = ("theta0", "finetune", "ema", "offline-ema", "task-arithmetic", "l2-pe
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo") / "demo"
-    result = _invoke([*DEMO, "--workdir", str(workdir)])
-    assert result.exit_code == 0, result.output
+def demo(demo_run):
+    """(work folder, printed output, rows of results.csv) of `demo --smoke`, run by the CLI in
+    a child process that starts with the session (`early_jobs`)."""
+    workdir, output = demo_run
     with (workdir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    return workdir, result, rows
+    return workdir, output, rows
 
 
 def test_demo_writes_its_files(demo):
@@ -67,8 +67,7 @@ def test_matched_merges_sit_at_the_ema_distance(demo):
 
 
 def test_demo_prints_the_table(demo):
-    _, result, _ = demo
-    out = result.output
+    _, out, _ = demo
     assert "θ₀: ASR " in out
     assert "| lr | η | every | updates | method | distance | ASR % |" in out
     for method in METHODS[1:]:

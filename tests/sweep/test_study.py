@@ -7,47 +7,23 @@ import csv
 import json
 
 import pytest
-import torch
-import yaml
-from click.testing import CliRunner
 
-from safebasin.cli import cli
 from safebasin.sweep import ROW_FIELDS
 from safebasin.sweep.bootstrap import paired_bootstrap
 
-TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
-CONFIG = {
-    "name": "tiny study",
-    "toy": {"world_seeds": [0, 1], "theta0": {"steps": 30, "warmup_steps": 3},
-            "models": {"tiny": TINY}},
-    "eval": {"max_new_tokens": 16, "limit": 12},
-    "seeds": [0],
-    "finetune": {"lr": 3.0e-3, "batch_size": 8, "steps": 4, "logging_steps": 2},
-    "experiments": [{"name": "ema", "ema": [{"eta": 0.25}],
-                     "merges": ["task-arithmetic", "path-average", "anchor-lerp",
-                                "path-average-lerp"],
-                     "match_utility": {"max_tries": 1}}],
-}
 METHODS = ["theta0", "finetune", "ema", "task-arithmetic", "path-average", "anchor-lerp",
            "path-average-lerp", "task-arithmetic"]
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    (root / "study.yaml").write_text(yaml.safe_dump(CONFIG))
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(cli, ["sweep", str(root / "study.yaml"), "-o",
-                                          str(root / "out"), "--quiet", "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
-    assert result.exit_code == 0, result.output
-    with (root / "out" / "results.csv").open() as f:
+def study(study_run):
+    """(the folder holding `out/`, the rows of results.csv) of `sweep/study.yaml`, run by
+    the CLI in a child process that starts with the session (`early_jobs`)."""
+    with (study_run / "out" / "results.csv").open() as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == ROW_FIELDS
         rows = list(reader)
-    return root, rows
+    return study_run, rows
 
 
 def test_every_world_seed_gets_its_own_theta0_and_rows(study):
