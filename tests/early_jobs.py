@@ -31,10 +31,16 @@ STARTERS = {"ray_cluster": "ray_cluster", "submitit_sweep_run": "_submitit_sweep
 WAITED_FOR = tuple(name for name in STARTERS if name != "ray_cluster")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "late: run after the other tests (when the background "
+                            "jobs are done: for tests that are slow only under load)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that wait for an early job run last, in their collected order."""
+    """Tests that wait for an early job, or are marked `late`, run last, in collected order."""
     def waits(item: pytest.Item) -> bool:
-        return any(name in getattr(item, "fixturenames", ()) for name in WAITED_FOR)
+        return (item.get_closest_marker("late") is not None
+                or any(name in getattr(item, "fixturenames", ()) for name in WAITED_FOR))
     items[:] = [i for i in items if not waits(i)] + [i for i in items if waits(i)]
 
 
@@ -50,10 +56,10 @@ def child_env(**settings: str) -> dict[str, str]:
 _START_ENV = dict(os.environ)
 
 
-def _lowest_priority() -> None:
-    """In the child, before it starts: nice 19, so that the tests in the foreground (whose
-    torch ops wait for every thread of their OpenMP team) never wait for a background job."""
-    os.nice(19)
+def _niced(level: int) -> Callable[[], None]:
+    """Run in the child before it starts: a background job yields to the tests in the
+    foreground (whose torch ops wait for every thread of their OpenMP team)."""
+    return lambda: os.nice(level)
 
 
 def finish(child: subprocess.Popen) -> tuple[str, str]:
@@ -64,10 +70,10 @@ def finish(child: subprocess.Popen) -> tuple[str, str]:
     return out, err
 
 
-def python_child(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    """`python ARGS` in a child process at the lowest priority, its output kept."""
+def python_child(*args: str, env: dict[str, str], nice: int = 19) -> subprocess.Popen:
+    """`python ARGS` in a child process at a low priority, its output kept."""
     return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_lowest_priority)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_niced(nice))
 
 
 def safebasin_child(*args: str, env: dict[str, str]) -> subprocess.Popen:
@@ -124,7 +130,7 @@ def _import_the_sweep() -> None:
 @pytest.fixture(scope="session")
 def _submitit_sweep_future(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future]:
     out = tmp_path_factory.mktemp("submitit") / "results"
-    code = ("import sys; from sweep_engines_config import CONFIG; "
+    code = ("import sys; from sweep_engines_config import SUBMITIT_CONFIG as CONFIG; "
             "from safebasin.executors import SlurmExecutor; "
             "from safebasin.sweep import parse_config, sweep; "
             "sweep(parse_config(CONFIG), sys.argv[1], "
@@ -133,15 +139,16 @@ def _submitit_sweep_future(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     env = child_env(PYTHONPATH=str(EXECUTOR_TESTS), OMP_NUM_THREADS="1")
 
     def run() -> Path:
-        finish(python_child("-c", code, str(out), env=env))
+        # ahead of the other background jobs: its 3 rounds of fresh processes are serial
+        finish(python_child("-c", code, str(out), env=env, nice=10))
         return out
     yield from _in_background(run)
 
 
 @pytest.fixture(scope="session")
 def submitit_sweep_run(_submitit_sweep_future: Future) -> Path:
-    """The smoke sweep (`sweep_engines_config.CONFIG`) run on submitit's local executor by a
-    child process: its results folder."""
+    """The smoke sweep's θ₀ and fine-tune (`sweep_engines_config.SUBMITIT_CONFIG`) run on
+    submitit's local executor by a child process: its results folder."""
     return _submitit_sweep_future.result(timeout=600)
 
 
@@ -169,7 +176,10 @@ def _theta0_future(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future]
     }
 
     def run() -> dict[str, Path]:
-        finish(safebasin_child("toy", "build", str(world), "--seed", "0", env=_without_pins()))
+        from safebasin.toy import ToyWorldConfig, build_world
+
+        # the world has no torch numerics (random.Random(seed) only): built here, 0.6 s
+        build_world(world, config=ToyWorldConfig(seed=0))
         outs = {name: root / name for name in runs}
         children = [safebasin_child("toy", "train", str(world), "-o", str(outs[name]),
                                     "--seed", "0", *THETA0_SMOKE, "--quiet", *flags, env=env)
@@ -192,16 +202,18 @@ def _demo_future(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future]:
     workdir = tmp_path_factory.mktemp("demo") / "demo"
 
     def run() -> tuple[Path, str]:
+        # unpinned, as the in-process run was (reproducible mode has its own tests)
         out, err = finish(safebasin_child("demo", "--smoke", "--quiet", "--threads", "1",
-                                          "--workdir", str(workdir), env=child_env()))
+                                          "--no-reproducible", "--workdir", str(workdir),
+                                          env=child_env()))
         return workdir, out + err
     yield from _in_background(run)
 
 
 @pytest.fixture(scope="session")
 def demo_run(_demo_future: Future) -> tuple[Path, str]:
-    """`safebasin demo --smoke --quiet --threads 1` run by the CLI in a child process: (its
-    work folder, what it printed)."""
+    """`safebasin demo --smoke --quiet --threads 1 --no-reproducible` run by the CLI in a
+    child process: (its work folder, what it printed)."""
     return _demo_future.result(timeout=600)
 
 
@@ -211,7 +223,8 @@ def _study_future(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future]:
 
     def run() -> Path:
         finish(safebasin_child("sweep", str(TESTS / "sweep" / "study.yaml"), "-o",
-                               str(root / "out"), "--quiet", "--threads", "1", env=child_env()))
+                               str(root / "out"), "--quiet", "--threads", "1",
+                               "--no-reproducible", env=child_env()))
         return root
     yield from _in_background(run)
 

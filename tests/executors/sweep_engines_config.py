@@ -16,3 +16,6 @@ CONFIG = {
     "experiments": [{"name": "grid", "finetune": {"lr": [1.0e-3]}, "ema": [{"eta": 0.25}],
                      "merges": ["task-arithmetic"]}],
 }
+# submitit starts a fresh process (torch and transformers imported anew) for every point:
+# θ₀ and the fine-tune that depends on it, without the evaluations of the EMA and the merge
+SUBMITIT_CONFIG = {**CONFIG, "experiments": [{"name": "grid", "finetune": {"lr": [1.0e-3]}}]}

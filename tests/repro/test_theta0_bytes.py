@@ -1,6 +1,6 @@
 """θ₀'s bytes in reproducible mode: the same whatever kernel settings the process inherits.
 
-Each θ₀ is built and trained by the real CLI in a child process (`python -m safebasin`), as a
+Each θ₀ is trained by the real CLI in a child process (`python -m safebasin`), as a
 user runs it: the pins must be in place before torch loads, which no in-process test can show.
 The smoke model (2 layers, width 32) and 20 steps keep each run at a few seconds; the children
 start with the session (`early_jobs.theta0_trainings`), and these tests run last.
