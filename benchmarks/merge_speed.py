@@ -16,6 +16,11 @@ Each merge runs in a fresh subprocess so that peak RSS is its own.
     python benchmarks/merge_speed.py                 # full: 1.2B pair + 135M pair + EMA K=4
     python benchmarks/merge_speed.py --quick         # 135M shapes only
     python benchmarks/merge_speed.py --shapes llama-3.2-1b --methods all --ema-k 0
+    python benchmarks/merge_speed.py --shapes llama-3.1-8b --layers 2 --methods all --no-lerp
+
+`--layers N` keeps every tensor's shape and only N of the decoder layers: peak memory depends on
+the largest tensors (the 8B's 1 GB embedding and head, its 14336-wide MLP), not on their number,
+so the 8B shape's memory is measured without 16 GB inputs.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ METHODS = {
                     {"weight": 1.0, "density": 0.2, "gamma": 0.01}, {}, 1, 2),
     "breadcrumbs-ties": (["--density", "0.2", "--gamma", "0.01"], "breadcrumbs_ties",
                          {"weight": 1.0, "density": 0.2, "gamma": 0.01}, {}, 1, 2),
-    "slerp": (["--t", "0.3"], "slerp", {}, {"t": 0.3}, 1, 2),
+    "slerp": (["--t", "0.3"], "slerp", {}, {"t": 0.3}, 1, 3),
     "model-stock": ([], "model_stock", {}, {}, 2, 2),
 }
 
@@ -118,15 +123,22 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     return wall
 
 
+# Runs argv[2:] and writes "status wall_s maxrss_kib" to argv[1]. A small process (no torch)
+# starts the command: Linux counts the RSS of the process that execs a command into the
+# command's peak, so a benchmark that generated 8B-shaped tensors itself would inflate it.
+_LAUNCHER = ("import os, sys, time, subprocess; t = time.perf_counter(); "
+             "p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0); "
+             "open(sys.argv[1], 'w').write(f'{s} {time.perf_counter() - t} {u.ru_maxrss}')")
+
+
 def timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and the child's peak RSS in MiB."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    if status != 0:
+    """Wall seconds and the command's own peak RSS in MiB."""
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
+        subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, report.name, *cmd], check=True)
+        status, wall, rss = report.read().split()
+    if int(status) != 0:
         raise SystemExit(f"command failed ({status}): {' '.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024
+    return float(wall), int(rss) / 1024
 
 
 def startup() -> float:
@@ -285,6 +297,8 @@ def main() -> None:
                     help=f"non-linear methods to time, comma-separated, or all: "
                          f"{', '.join(METHODS)}")
     ap.add_argument("--no-lerp", action="store_true", help="skip the lerp/EMA section")
+    ap.add_argument("--layers", type=int, help="keep only this many decoder layers of each "
+                    "shape (tensor shapes unchanged)")
     args = ap.parse_args()
     methods = list(METHODS) if args.methods == "all" else [
         m for m in args.methods.split(",") if m]
@@ -295,6 +309,10 @@ def main() -> None:
     try:
         names = ["smollm2-135m"] if args.quick else ["smollm2-135m", "llama-3.2-1b"]
         names = args.shapes.split(",") if args.shapes else names
+        if args.layers:
+            for name in names:
+                SHAPES[f"{name}-{args.layers}l"] = {**SHAPES[name], "layers": args.layers}
+            names = [f"{name}-{args.layers}l" for name in names]
         for name in names:
             if not args.no_lerp:
                 bench_pair(name, work, args.runs, args.mergekit,

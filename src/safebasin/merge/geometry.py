@@ -28,7 +28,6 @@ from ..checkpoint import Checkpoint
 from . import fused
 from .ops import TensorOp, TensorStatistic
 from .statistics import collect_statistics
-from .stream import torch_threads
 
 __all__ = ["SlerpCosine", "model_stock_t", "plan_model_stock", "plan_slerp", "slerp_coefficients"]
 
@@ -71,13 +70,14 @@ class SlerpCosine(TensorStatistic):
 
     Pass 1: ‖·‖ of each block of 2²⁰ elements, then the norm of those norms (norms at or
     below 1e-8 count as 1). Pass 2: Σ (x/‖θ₀‖)(y/‖θ₁‖) per block, then the sum of the block
-    sums, clamped to [−1, 1]. Each block is reduced by the same torch op on `threads` threads:
-    torch's sums split work by thread, so the bits depend on the thread count.
+    sums, clamped to [−1, 1]. Each block is reduced by the same torch op, on the threads the
+    statistics pass runs (torch's sums split work by thread: the bits depend on their count).
     Memory: one block per input (a block split across update calls is buffered).
     """
 
-    def __init__(self, numel: int, dtype: torch.dtype, threads: int) -> None:
-        self.numel, self.threads = numel, threads
+    def __init__(self, numel: int, dtype: torch.dtype,
+                 scratch: dict[torch.dtype, torch.Tensor]) -> None:
+        self.numel, self._scratch = numel, scratch
         self.work = torch.float64 if dtype == torch.float64 else torch.float32
         self.second_pass = False
         self.norm_parts: tuple[list, list] = ([], [])
@@ -104,25 +104,33 @@ class SlerpCosine(TensorStatistic):
             pos = end
 
     def _block(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        x, y = a.reshape(1, -1).to(self.work), b.reshape(1, -1).to(self.work)
-        with torch_threads(self.threads):
-            if not self.second_pass:
-                self.norm_parts[0].append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
-                self.norm_parts[1].append(torch.linalg.vector_norm(y, dim=1, keepdim=True))
-            else:
-                n0, n1 = self.norms
-                self.dot_parts.append(((x / n0) * (y / n1)).sum(dim=1, keepdim=True))
+        """One block, widened into the shared scratch rows and reduced there: no temporaries
+        the size of a block (the heap would grow with them over a large tensor)."""
+        if self.work not in self._scratch:
+            self._scratch[self.work] = torch.empty(2, SLERP_BLOCK, dtype=self.work)
+        n = a.numel()
+        x, y = (row[:n].view(1, n) for row in self._scratch[self.work])
+        x.view(-1).copy_(a)
+        y.view(-1).copy_(b)
+        if not self.second_pass:
+            self.norm_parts[0].append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
+            self.norm_parts[1].append(torch.linalg.vector_norm(y, dim=1, keepdim=True))
+        else:
+            n0, n1 = self.norms
+            torch.div(x, n0, out=x)  # x/‖θ₀‖, y/‖θ₁‖, then their product: mergekit's order
+            torch.div(y, n1, out=y)
+            torch.mul(x, y, out=x)
+            self.dot_parts.append(x.sum(dim=1, keepdim=True))
 
     def end_pass(self) -> bool:
         if self.numel == 0:
             return False
-        with torch_threads(self.threads):
-            if not self.second_pass:
-                norms = [torch.linalg.vector_norm(torch.stack(p), dim=0) for p in self.norm_parts]
-                self.norms = tuple(torch.where(n > SLERP_EPS, n, 1) for n in norms)
-                self.second_pass = True
-                return True
-            self.dot = torch.stack(self.dot_parts).sum(dim=0).clamp(-1, 1).reshape(())
+        if not self.second_pass:
+            norms = [torch.linalg.vector_norm(torch.stack(p), dim=0) for p in self.norm_parts]
+            self.norms = tuple(torch.where(n > SLERP_EPS, n, 1) for n in norms)
+            self.second_pass = True
+            return True
+        self.dot = torch.stack(self.dot_parts).sum(dim=0).clamp(-1, 1).reshape(())
         return False
 
 
@@ -204,10 +212,10 @@ def plan_slerp(inputs: Sequence[Checkpoint], t: float) -> tuple[dict[str, SlerpO
 
     Returns (ops, the tensors interpolated linearly, for the recipe)."""
     threads = torch.get_num_threads()  # mergekit's: torch's default, here outside the passes
-    base = inputs[0]
-    stats = {n: SlerpCosine(math.prod(base.shape(n)), base.dtype(n), threads)
+    base, scratch = inputs[0], {}
+    stats = {n: SlerpCosine(math.prod(base.shape(n)), base.dtype(n), scratch)
              for n in _floats(base)}
-    collect_statistics(inputs, stats)
+    collect_statistics(inputs, stats, threads=threads)
     ops, linear = {}, []
     for n, st in stats.items():
         s0, s1, lin = slerp_coefficients(t, st.dot.float())

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from ..checkpoint import Checkpoint
 from . import stream
 from .ops import TensorStatistic
-from .stream import chunks_of, one_torch_thread, read_chunks, release_free_memory
+from .stream import chunks_of, read_chunks, release_free_memory, torch_threads
 
 __all__ = ["collect_statistics"]
 
@@ -23,17 +23,20 @@ _MAX_PASSES = 16  # radix selection needs 2; anything near this is a bug in a st
 
 
 def collect_statistics(inputs: Sequence[Checkpoint], stats: Mapping[str, TensorStatistic], *,
-                       progress: Callable[[int, int], None] | None = None) -> int:
+                       progress: Callable[[int, int], None] | None = None,
+                       threads: int = 1) -> int:
     """Run passes over `inputs` until every statistic is done; returns the number of passes.
 
     Args:
         inputs: the merge's checkpoints, θ₀ first (already aligned: see `plan.align`).
         stats: one statistic per tensor name; tensors not named are not read.
         progress: called as progress(bytes_read_now, bytes_of_this_pass).
+        threads: torch's intra-op threads during the passes (one: the reader's threads keep
+            the cores busy; SLERP asks for mergekit's count, which its bits depend on).
     """
     pending = dict(stats)
     passes = 0
-    with one_torch_thread():
+    with torch_threads(threads):
         while pending:
             passes += 1
             if passes > _MAX_PASSES:
