@@ -1,10 +1,10 @@
 """Slow child processes that some tests only wait for, started when the session starts.
 
 Most of the suite runs on one core. The Ray cluster (and its workers' imports of torch), the
-submitit sweep and the reproducible θ₀ trainings are child processes that can use the other
-core from the first test on; their tests wait for them and run last (`pytest_collection_
-modifyitems`), so the work overlaps the whole session instead of its own tests. A job starts
-only when a selected test asks for its fixture.
+submitit sweep, the reproducible θ₀ trainings, `demo --smoke`, the tiny study and the DDP/FSDP
+ranks are child processes that can use the other core from the first test on; their tests
+wait for them and run last (`pytest_collection_modifyitems`), so the work overlaps the whole
+session instead of its own tests. A job starts only when a selected test asks for its fixture.
 
 Every child gets the environment of the session's start, not whatever a test has patched by
 the time it is launched.
@@ -39,13 +39,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that wait for an early job, or are marked `late`, run last, in collected order."""
     def waits(item: pytest.Item) -> bool:
-        return (item.get_closest_marker("late") is not None
-                or any(name in getattr(item, "fixturenames", ()) for name in WAITED_FOR))
+        return item.get_closest_marker("late") is not None or _uses(item, *WAITED_FOR)
     items[:] = [i for i in items if not waits(i)] + [i for i in items if waits(i)]
 
 
-def _wanted(session: pytest.Session, name: str) -> bool:
-    return any(name in getattr(item, "fixturenames", ()) for item in session.items)
+def _uses(item: pytest.Item, *fixtures: str) -> bool:
+    """Whether the test asks for any of `fixtures`, directly or through other fixtures."""
+    return any(name in getattr(item, "fixturenames", ()) for name in fixtures)
 
 
 def child_env(**settings: str) -> dict[str, str]:
@@ -85,7 +85,7 @@ def safebasin_child(*args: str, env: dict[str, str]) -> subprocess.Popen:
 def _early_jobs(request: pytest.FixtureRequest) -> None:
     """Starts every early job a selected test needs, before the first test runs."""
     for name, starter in STARTERS.items():
-        if _wanted(request.session, name):
+        if any(_uses(item, name) for item in request.session.items):
             request.getfixturevalue(starter)
 
 
