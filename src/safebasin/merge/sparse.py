@@ -34,7 +34,7 @@ from . import fused
 from .dropout import hash_key, keep_mask, keep_threshold
 from .ops import TensorOp, TensorStatistic
 from .select import STATS_BUDGET, RankWindow, WindowMask, WindowSelect
-from .statistics import collect_statistics
+from .statistics import StatisticsFirst, statistics_buffers
 
 __all__ = ["METHODS", "RESCALES", "SparseMethod", "SparseParams", "plan_sparse"]
 
@@ -281,26 +281,37 @@ def _windows(method: SparseMethod, params: SparseParams, n: int) -> list[RankWin
 
 
 def plan_sparse(inputs: Sequence[Checkpoint], method: SparseMethod, params: SparseParams, *,
-                budget: int = STATS_BUDGET) -> tuple[dict[str, SparseMergeOp], int]:
-    """The ops of every floating tensor, after the selection pass for magnitude methods.
+                budget: int = STATS_BUDGET
+                ) -> tuple[dict[str, SparseMergeOp | StatisticsFirst], int]:
+    """The ops of every floating tensor. Those that need statistics (the magnitude selection,
+    DARE's L1 rescale) collect them when the merge reaches their tensor (`StatisticsFirst`).
 
-    Returns (ops by tensor name, statistics passes run).
+    Returns (ops by tensor name, statistics passes over each such tensor).
     """
     base = inputs[0]
     names = [n for n in base.names if base.dtype(n).is_floating_point]
+    buffers = statistics_buffers(inputs)
     if method.sparsify == "random" and params.rescale == "l1":
-        l1 = {n: _KeptL1(n, params) for n in names}
-        passes = collect_statistics(inputs, l1)
-        return {n: SparseMergeOp(n, method, params, [], l1[n].scales()) for n in names}, passes
+        def rescaled(name: str) -> StatisticsFirst:
+            return StatisticsFirst(inputs, name, _KeptL1(name, params), lambda s: SparseMergeOp(
+                name, method, params, [], s.scales()), buffers)
+        return {n: rescaled(n) for n in names}, 1 if names else 0
     if method.sparsify in ("random", "none"):
         return {n: SparseMergeOp(n, method, params, []) for n in names}, 0
+
+    def masked(name: str, bounds) -> SparseMergeOp:
+        masks = [WindowMask(w, b) for w, b in zip(windows[name], bounds, strict=True)]
+        return SparseMergeOp(name, method, params, masks)
+
     windows = {n: _windows(method, params, math.prod(base.shape(n))) for n in names}
-    stats = {n: WindowSelect(w, budget=budget) for n, w in windows.items()
-             if not all(x.everything or x.empty for x in w)}
-    passes = collect_statistics(inputs, stats)
-    ops = {}
+    ops: dict[str, SparseMergeOp | StatisticsFirst] = {}
+    passes = 0
     for n in names:
-        bounds = stats[n].result() if n in stats else [None] * len(windows[n])
-        masks = [WindowMask(w, b) for w, b in zip(windows[n], bounds, strict=True)]
-        ops[n] = SparseMergeOp(n, method, params, masks)
+        if all(x.everything or x.empty for x in windows[n]):
+            ops[n] = masked(n, [None] * len(windows[n]))
+            continue
+        select = WindowSelect(windows[n], budget=budget)
+        passes = max(passes, select.passes)
+        ops[n] = StatisticsFirst(inputs, n, select,
+                                 lambda s, n=n: masked(n, s.result()), buffers)
     return ops, passes
