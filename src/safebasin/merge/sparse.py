@@ -299,11 +299,12 @@ def plan_sparse(inputs: Sequence[Checkpoint], method: SparseMethod, params: Spar
     if method.sparsify in ("random", "none"):
         return {n: SparseMergeOp(n, method, params, []) for n in names}, 0
 
+    windows = {n: _windows(method, params, math.prod(base.shape(n))) for n in names}
+
     def masked(name: str, bounds) -> SparseMergeOp:
         masks = [WindowMask(w, b) for w, b in zip(windows[name], bounds, strict=True)]
         return SparseMergeOp(name, method, params, masks)
 
-    windows = {n: _windows(method, params, math.prod(base.shape(n))) for n in names}
     ops: dict[str, SparseMergeOp | StatisticsFirst] = {}
     passes = 0
     for n in names:

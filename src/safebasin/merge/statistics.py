@@ -37,15 +37,13 @@ def statistics_buffers(inputs: Sequence[Checkpoint]) -> Callable[[], ReadBuffers
     the first op needs it."""
     @functools.cache
     def make() -> ReadBuffers:
-        itemsize = max((c.dtype(n).itemsize for c in inputs for n in c.names), default=4)
         elems = min(stream.CHUNK_ELEMS, STATISTICS_CHUNK)
-        return ReadBuffers(len(inputs), elems * itemsize, elems)
+        return ReadBuffers(inputs, elems, elems)
     return make
 
 
 def collect_statistics(inputs: Sequence[Checkpoint], stats: Mapping[str, TensorStatistic], *,
-                       threads: int = 1, buffers: ReadBuffers | None = None,
-                       chunk_elems: int | None = None) -> int:
+                       threads: int = 1, buffers: ReadBuffers | None = None) -> int:
     """Run passes over `inputs` until every statistic is done; returns the most passes any
     group of tensors needed.
 
@@ -54,19 +52,17 @@ def collect_statistics(inputs: Sequence[Checkpoint], stats: Mapping[str, TensorS
         stats: one statistic per tensor name; tensors not named are not read.
         threads: torch's intra-op threads during the passes (one: the reader's threads keep
             the cores busy; SLERP asks for mergekit's count, which its bits depend on).
-        buffers: the reader's buffers, reused (large enough for chunks of `chunk_elems`); by
-            default allocated for this call.
-        chunk_elems: elements per read (default `stream.CHUNK_ELEMS`).
+        buffers: the reader's buffers, reused, whose chunk size the passes read in; by
+            default allocated for this call, for `stream.CHUNK_ELEMS`.
     """
-    size = chunk_elems or stream.CHUNK_ELEMS  # read at call time, so tests can shrink it
     if buffers is None:
+        size = stream.CHUNK_ELEMS  # read at call time, so tests can shrink it
         every = [c for n in stats for c in chunks_of(n, math.prod(inputs[0].shape(n)), size)]
         buffers = ReadBuffers.for_chunks(inputs, every, size)
     passes = 0
     with torch_threads(threads):
         for group in _groups(inputs, list(stats)):
-            passes = max(passes, _run_passes(inputs, {n: stats[n] for n in group}, buffers,
-                                             size))
+            passes = max(passes, _run_passes(inputs, {n: stats[n] for n in group}, buffers))
     return passes
 
 
@@ -89,7 +85,7 @@ def _groups(inputs: Sequence[Checkpoint], names: list[str]) -> list[list[str]]:
 
 
 def _run_passes(inputs: Sequence[Checkpoint], stats: Mapping[str, TensorStatistic],
-                buffers: ReadBuffers, size: int) -> int:
+                buffers: ReadBuffers) -> int:
     """Passes over the tensors of `stats` until every one is done; returns their count."""
     pending = dict(stats)
     passes = 0
@@ -98,7 +94,8 @@ def _run_passes(inputs: Sequence[Checkpoint], stats: Mapping[str, TensorStatisti
         if passes > _MAX_PASSES:
             raise RuntimeError(f"statistics still pending after {_MAX_PASSES} passes: "
                                f"{sorted(pending)[:3]}")
-        chunks = [c for n in pending for c in chunks_of(n, math.prod(inputs[0].shape(n)), size)]
+        chunks = [c for n in pending
+                  for c in chunks_of(n, math.prod(inputs[0].shape(n)), buffers.chunk_elems)]
         for chunk, tensors in read_chunks(inputs, chunks, buffers=buffers):
             stat = pending[chunk.name]
             for a in range(0, chunk.stop - chunk.start, _BLOCK):  # bounded temporaries
@@ -123,17 +120,15 @@ class StatisticsFirst(TensorOp):
 
     def __init__(self, inputs: Sequence[Checkpoint], name: str, statistic: TensorStatistic,
                  build: Callable[[TensorStatistic], TensorOp],
-                 buffers: Callable[[], ReadBuffers], *, threads: int = 1) -> None:
+                 buffers: Callable[[], ReadBuffers]) -> None:
         self._inputs, self._name, self._statistic = inputs, name, statistic
-        self._build, self._buffers, self._threads = build, buffers, threads
+        self._build, self._buffers = build, buffers
         self._op: TensorOp | None = None
 
     def _built(self) -> TensorOp:
         if self._op is None:
-            buffers = self._buffers()
             collect_statistics(self._inputs, {self._name: self._statistic},
-                               threads=self._threads, buffers=buffers,
-                               chunk_elems=buffers.chunk_elems)
+                               buffers=self._buffers())
             self._op, self._statistic = self._build(self._statistic), None
             if self._op.whole:
                 raise TypeError(f"{type(self._op).__name__} is a whole-tensor op; "

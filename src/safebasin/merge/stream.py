@@ -89,9 +89,13 @@ class ReadBuffers:
     statistics pass per group of tensors would otherwise allocate, zero and fault in 64 MiB
     again for every group (an 8B's TIES statistics spent 22 s of 32 in the kernel)."""
 
-    def __init__(self, n_inputs: int, nbytes: int, chunk_elems: int = CHUNK_ELEMS) -> None:
-        self.nbytes, self.chunk_elems = nbytes, chunk_elems
-        self.pools = [_BufferPool(_DEPTH + 2, nbytes) for _ in range(n_inputs)]
+    def __init__(self, inputs: Sequence[Checkpoint], elems: int,
+                 chunk_elems: int = CHUNK_ELEMS) -> None:
+        """Buffers of `elems` elements of the inputs' widest dtype, for chunks of at most
+        `chunk_elems` elements (elems may be fewer: no chunk is larger)."""
+        itemsize = max((c.dtype(n).itemsize for c in inputs for n in c.names), default=4)
+        self.chunk_elems = chunk_elems
+        self.pools = [_BufferPool(_DEPTH + 2, max(1, elems) * itemsize) for _ in inputs]
 
     @classmethod
     def for_chunks(cls, inputs: Sequence[Checkpoint], chunks: Sequence[Chunk],
@@ -99,9 +103,8 @@ class ReadBuffers:
         """Buffers as large as the largest of `chunks`, not chunk_elems: an offline EMA over
         hundreds of small checkpoints would otherwise zero-fill (DEPTH + 2) × 16 MB per
         input."""
-        itemsize = max((c.dtype(n).itemsize for c in inputs for n in c.names), default=4)
         largest = min(chunk_elems, max((c.stop - c.start for c in chunks), default=0))
-        return cls(len(inputs), max(1, largest) * itemsize, chunk_elems)
+        return cls(inputs, largest, chunk_elems)
 
 
 def _read_rows(ckpt: Checkpoint, base_chunk: torch.Tensor | None, chunk: Chunk,
