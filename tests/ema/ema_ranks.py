@@ -1,7 +1,9 @@
 """The ranks of `test_ema_distributed`: DDP, then FSDP2, in 2 gloo processes on the CPU.
 
-`python ema_ranks.py OUT` spawns them (`early_jobs` does, at the session's start); each rank
-writes what it saw under OUT, and the tests compare it with the single-process run.
+`python ema_ranks.py OUT` starts them (`early_jobs` does, at the session's start); each rank
+writes what it saw under OUT, and the tests compare it with the single-process run. The ranks
+are forked after the parent has imported torch and transformers (no thread pool or process group
+exists yet), so neither rank imports them again.
 """
 
 from __future__ import annotations
@@ -97,9 +99,13 @@ def _worker(rank: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def spawn_ranks(out: str) -> None:
-    mp.spawn(_worker, args=(out,), nprocs=WORLD, join=True)
+def start_ranks(out: str) -> None:
+    from torch.distributed.fsdp import fully_shard  # noqa: F401
+    from torch.nn.parallel import DistributedDataParallel  # noqa: F401
+    from transformers import LlamaForCausalLM  # noqa: F401
+
+    mp.start_processes(_worker, args=(out,), nprocs=WORLD, join=True, start_method="fork")
 
 
 if __name__ == "__main__":
-    spawn_ranks(sys.argv[1])
+    start_ranks(sys.argv[1])
