@@ -76,16 +76,21 @@ def slerp_reference(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return (math.sin((1 - t) * omega) * x + math.sin(t * omega) * y) / math.sin(omega)
 
 
-def model_stock_reference(base: torch.Tensor, fts: list[torch.Tensor]) -> torch.Tensor:
-    """Jang et al.'s interpolation with mergekit's multi-model cosine (mean of pairs)."""
+def model_stock_t_reference(base: torch.Tensor, fts: list[torch.Tensor]) -> float:
+    """Jang et al.'s t with mergekit's multi-model cosine (mean of pairs), in float64."""
     w0 = base.double().reshape(-1)
     ds = [f.double().reshape(-1) - w0 for f in fts]
     cos = [float((ds[i] @ ds[j]) / max(float(ds[i].norm() * ds[j].norm()), 1e-6))
            for i in range(len(ds)) for j in range(i + 1, len(ds))]
     c = sum(min(max(x, -1.0), 1.0) for x in cos) / len(cos)
     n = len(fts)
-    t = 0.0 if abs(1 + (n - 1) * c) < 1e-6 else n * c / (1 + (n - 1) * c)
-    avg = sum(f.double() for f in fts) / n
+    return 0.0 if abs(1 + (n - 1) * c) < 1e-6 else n * c / (1 + (n - 1) * c)
+
+
+def model_stock_reference(base: torch.Tensor, fts: list[torch.Tensor]) -> torch.Tensor:
+    """Jang et al.'s interpolation: t·mean(θᵢ) + (1 − t)·θ₀."""
+    t = model_stock_t_reference(base, fts)
+    avg = sum(f.double() for f in fts) / len(fts)
     return t * avg + (1 - t) * base.double()
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from reference_merges import assert_close, model_stock_reference
+from reference_merges import assert_close, model_stock_reference, model_stock_t_reference
 from support import load_state
 
 from safebasin import merge
+from safebasin.checkpoint import open_checkpoint
 
 
 def test_model_stock_matches_float64_reference(models, tmp_path):
@@ -15,7 +17,12 @@ def test_model_stock_matches_float64_reference(models, tmp_path):
     fts = [load_state(models["ft"]), load_state(models["ft2"])]
     ref = {k: model_stock_reference(b[k], [f[k] for f in fts]) for k in b}
     assert_close(load_state(tmp_path / "out"), ref, rtol=1e-5, atol=1e-6)
-    assert set(recipe["parameters"]["t"]) == set(b)
+    # each tensor's t is collected as the merge reaches it, and recorded in θ₀'s order
+    with open_checkpoint(models["base"]) as base:
+        assert list(recipe["parameters"]["t"]) == list(base.names)
+    for k, t in recipe["parameters"]["t"].items():
+        assert t == pytest.approx(model_stock_t_reference(b[k], [f[k] for f in fts]),
+                                  rel=1e-5, abs=1e-6), k
 
 
 def test_model_stock_of_identical_finetunes_returns_them(models, tmp_path):

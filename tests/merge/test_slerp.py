@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from reference_merges import assert_close, slerp_reference
+from safetensors.torch import save_file
 from support import load_state
 
 from safebasin import merge
+from safebasin.checkpoint import open_checkpoint
 from safebasin.merge import executor, stream
 from safebasin.merge.geometry import slerp_coefficients
 
@@ -40,6 +42,26 @@ def test_slerp_falls_back_to_lerp_for_nearly_parallel_tensors():
     s0, s1, linear = slerp_coefficients(0.25, _cos(a, b))
     assert linear.tolist() == [True, True, False]
     assert s0[:2].tolist() == [0.75, 0.75] and s1[:2].tolist() == [0.25, 0.25]
+
+
+def test_slerp_recipe_lists_the_tensors_interpolated_linearly_in_base_order(tmp_path):
+    """The cosines are collected as the merge reaches each tensor; the recipe, written after
+    the merge, names exactly the nearly parallel ones (float64 cosine > 0.9995)."""
+    g = torch.Generator().manual_seed(3)
+    names = ["z.weight", "a.weight", "m.weight", "b.weight"]  # not in sorted order
+    v0 = {n: torch.randn(40, 30, generator=g) for n in names}
+    v1 = {n: (1.5 * x + 1e-3 * torch.randn(x.shape, generator=g) if n in ("z.weight", "m.weight")
+              else torch.randn(x.shape, generator=g)) for n, x in v0.items()}
+    for name, state in (("a", v0), ("b", v1)):
+        (tmp_path / name).mkdir()
+        save_file(state, tmp_path / name / "model.safetensors")
+    recipe = merge.slerp(tmp_path / "a", tmp_path / "b", tmp_path / "out", t=0.5)
+    with open_checkpoint(tmp_path / "a") as base:
+        order = list(base.names)
+    parallel = [n for n in order
+                if float(_cos(v0[n].reshape(1, -1), v1[n].reshape(1, -1))) > 0.9995]
+    assert sorted(parallel) == ["m.weight", "z.weight"]
+    assert recipe["parameters"]["lerped_tensors"] == parallel
 
 
 def test_slerp_of_orthogonal_tensors_is_the_circular_arc():
@@ -85,7 +107,6 @@ def test_slerp_equals_mergekit_order_bit_for_bit(tmp_path, monkeypatch, chunk, t
     """A tensor of 2.6 blocks (and a small one), streamed in chunks aligned or not to
     mergekit's blocks: the fp32 bits of mergekit's algorithm run on the same torch threads
     (for this seed, 1 and 2 threads give different bits, and fp64 statistics others still)."""
-    from safetensors.torch import save_file
     g = torch.Generator().manual_seed(0)
     shapes = {"big.weight": (2600, 1049), "small.weight": (17, 5)}
     v0 = {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}

@@ -27,7 +27,7 @@ import torch
 from ..checkpoint import Checkpoint
 from . import fused
 from .ops import TensorOp, TensorStatistic
-from .statistics import collect_statistics
+from .statistics import StatisticsFirst, statistics_buffers
 
 __all__ = ["SlerpCosine", "model_stock_t", "plan_model_stock", "plan_slerp", "slerp_coefficients"]
 
@@ -72,7 +72,8 @@ class SlerpCosine(TensorStatistic):
     below 1e-8 count as 1). Pass 2: Σ (x/‖θ₀‖)(y/‖θ₁‖) per block, then the sum of the block
     sums, clamped to [−1, 1]. Each block is reduced by the same torch op, on the threads the
     statistics pass runs (torch's sums split work by thread: the bits depend on their count).
-    Memory: one block per input (a block split across update calls is buffered).
+    Memory: one fp32 block per input, the scratch rows shared by the tensors of a merge, into
+    which the chunks are widened at their offset in the block (a block may span chunks).
     """
 
     def __init__(self, numel: int, dtype: torch.dtype,
@@ -84,34 +85,26 @@ class SlerpCosine(TensorStatistic):
         self.dot_parts: list[torch.Tensor] = []
         self.norms: tuple[torch.Tensor, torch.Tensor] | None = None
         self.dot = torch.ones((), dtype=self.work)  # an empty tensor is interpolated linearly
-        self._partial: list[list[torch.Tensor]] = [[], []]
 
     def update(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> None:
-        a, b = tensors
-        pos = start
-        while pos < stop:  # cut at mergekit's block boundaries
-            end = min(stop, (pos // SLERP_BLOCK + 1) * SLERP_BLOCK)
-            pieces = (a[pos - start:end - start], b[pos - start:end - start])
-            complete = end % SLERP_BLOCK == 0 or end == self.numel
-            if not self._partial[0] and pos % SLERP_BLOCK == 0 and complete:
-                self._block(*pieces)
-            else:
-                for buffer, piece in zip(self._partial, pieces, strict=True):
-                    buffer.append(piece.clone())
-                if complete:
-                    self._block(*(torch.cat(buffer) for buffer in self._partial))
-                    self._partial = [[], []]
-            pos = end
-
-    def _block(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """One block, widened into the shared scratch rows and reduced there: no temporaries
-        the size of a block (the heap would grow with them over a large tensor)."""
         if self.work not in self._scratch:
             self._scratch[self.work] = torch.empty(2, SLERP_BLOCK, dtype=self.work)
-        n = a.numel()
-        x, y = (row[:n].view(1, n) for row in self._scratch[self.work])
-        x.view(-1).copy_(a)
-        y.view(-1).copy_(b)
+        rows = self._scratch[self.work]
+        pos = start
+        while pos < stop:  # cut at mergekit's block boundaries
+            first = pos // SLERP_BLOCK * SLERP_BLOCK
+            end = min(stop, first + SLERP_BLOCK)
+            for row, t in zip(rows, tensors, strict=True):
+                row[pos - first:end - first].copy_(t[pos - start:end - start])
+            if end % SLERP_BLOCK == 0 or end == self.numel:
+                self._block(rows[:, :end - first])
+            pos = end
+
+    def _block(self, rows: torch.Tensor) -> None:
+        """One block, widened in the scratch rows and reduced there: no temporaries the size
+        of a block (the heap would grow with them over a large tensor)."""
+        n = rows.shape[1]
+        x, y = (row.view(1, n) for row in rows)
         if not self.second_pass:
             self.norm_parts[0].append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
             self.norm_parts[1].append(torch.linalg.vector_norm(y, dim=1, keepdim=True))
@@ -207,29 +200,47 @@ def _floats(base: Checkpoint) -> list[str]:
     return [n for n in base.names if base.dtype(n).is_floating_point]
 
 
-def plan_slerp(inputs: Sequence[Checkpoint], t: float) -> tuple[dict[str, SlerpOp], list]:
-    """Two statistics passes (norms, then the dot product per tensor), then the ops.
+def plan_slerp(inputs: Sequence[Checkpoint], t: float) -> tuple[dict[str, TensorOp], list]:
+    """One op per floating tensor that collects its statistics (norms, then the dot product)
+    when the merge reaches the tensor, then blends it (`StatisticsFirst`).
 
-    Returns (ops, the tensors interpolated linearly, for the recipe)."""
+    Returns (ops, the tensors interpolated linearly, for the recipe: filled in θ₀'s order as
+    the merge builds the ops, complete when the merge is)."""
     threads = torch.get_num_threads()  # mergekit's: torch's default, here outside the passes
-    base, scratch = inputs[0], {}
-    stats = {n: SlerpCosine(math.prod(base.shape(n)), base.dtype(n), scratch)
-             for n in _floats(base)}
-    collect_statistics(inputs, stats, threads=threads)
-    ops, linear = {}, []
-    for n, st in stats.items():
+    base, scratch, buffers = inputs[0], {}, statistics_buffers(inputs)
+    names = _floats(base)
+    order = {n: i for i, n in enumerate(names)}
+    linear: list[str] = []
+
+    def blend(name: str, st: SlerpCosine) -> SlerpOp:
         s0, s1, lin = slerp_coefficients(t, st.dot.float())
-        ops[n] = SlerpOp(s0, s1)
         if bool(lin):
-            linear.append(n)
+            linear.append(name)
+            linear.sort(key=order.__getitem__)
+        return SlerpOp(s0, s1)
+
+    ops: dict[str, TensorOp] = {
+        n: StatisticsFirst(inputs, n, SlerpCosine(math.prod(base.shape(n)), base.dtype(n), scratch),
+                           lambda st, n=n: blend(n, st), buffers, threads=threads)
+        for n in names}
     return ops, linear
 
 
-def plan_model_stock(inputs: Sequence[Checkpoint]) -> tuple[dict[str, ModelStockOp], dict]:
-    """One statistics pass (the offsets' Gram matrix per tensor), then the ops.
+def plan_model_stock(inputs: Sequence[Checkpoint]) -> tuple[dict[str, TensorOp], dict]:
+    """One op per floating tensor that collects its statistic (the offsets' Gram matrix) when
+    the merge reaches the tensor, then blends it (`StatisticsFirst`).
 
-    Returns (ops, per-tensor t for the recipe)."""
-    stats = {n: Gram(len(inputs) - 1, offsets=True) for n in _floats(inputs[0])}
-    collect_statistics(inputs, stats)
-    ts = {n: model_stock_t(s.g) for n, s in stats.items()}
-    return {n: ModelStockOp(t) for n, t in ts.items()}, ts
+    Returns (ops, per-tensor t for the recipe: filled as the merge builds the ops, complete
+    when the merge is)."""
+    names = _floats(inputs[0])
+    buffers, ts = statistics_buffers(inputs), dict.fromkeys(names, 0.0)  # θ₀'s order
+
+    def blend(name: str, g: Gram) -> ModelStockOp:
+        ts[name] = model_stock_t(g.g)
+        return ModelStockOp(ts[name])
+
+    ops: dict[str, TensorOp] = {
+        n: StatisticsFirst(inputs, n, Gram(len(inputs) - 1, offsets=True),
+                           lambda g, n=n: blend(n, g), buffers)
+        for n in names}
+    return ops, ts
