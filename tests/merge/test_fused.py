@@ -94,12 +94,19 @@ def test_histograms_and_bits_equal_torch(dtype):
     high = np.zeros(1 << 15, dtype=np.int64)
     fused.high_histogram(fused.as_array(base), fused.as_array(ft), high)
     assert np.array_equal(high, torch.bincount(bits >> 16, minlength=1 << 15).numpy())
-    buckets = np.unique((bits >> 16).numpy())[:2].astype(np.uint32)
-    low = np.zeros((2, 1 << 16), dtype=np.int64)
-    fused.low_histograms(fused.as_array(base), fused.as_array(ft), buckets, low)
-    for j, b in enumerate(buckets):
-        sel = bits[(bits >> 16) == int(b)] & 0xFFFF
-        assert np.array_equal(low[j], torch.bincount(sel, minlength=1 << 16).numpy())
+    values, counts = np.unique((bits >> 16).numpy(), return_counts=True)
+    common = values[np.argsort(-counts, kind="stable")]  # the most frequent first
+    rare = values[np.argmin(counts)]
+    assert rare != common[0]
+    # one bucket, a common and a rare one (the run-skipping loop), three (the general loop)
+    for chosen in (common[:1], [common[0], rare], common[:3]):
+        buckets = np.array(chosen, dtype=np.uint32)
+        low = np.zeros((len(buckets), 1 << 16), dtype=np.int64)
+        fused.low_histograms(fused.as_array(base), fused.as_array(ft), buckets, low)
+        for j, b in enumerate(buckets):
+            sel = bits[(bits >> 16) == int(b)] & 0xFFFF
+            assert low[j].sum() > 0
+            assert np.array_equal(low[j], torch.bincount(sel, minlength=1 << 16).numpy())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])

@@ -25,39 +25,36 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def trained(theta0_trainings) -> dict[str, Path]:
-    return theta0_trainings
+def test_theta0_bytes_ignore_inherited_kernel_settings(theta0_trainings):
+    assert (_sha256(theta0_trainings["pinned_avx2"] / "model.safetensors")
+            == _sha256(theta0_trainings["pinned_default_mkl_avx2"] / "model.safetensors"))
 
 
-def test_theta0_bytes_ignore_inherited_kernel_settings(trained):
-    assert (_sha256(trained["pinned_avx2"] / "model.safetensors")
-            == _sha256(trained["pinned_default_mkl_avx2"] / "model.safetensors"))
-
-
-def test_inherited_avx2_kernels_change_the_bytes_without_the_pins(trained):
+def test_inherited_avx2_kernels_change_the_bytes_without_the_pins(theta0_trainings):
     # the control: on this CPU the setting the pins override does change θ₀, so the test
     # above compares runs that would otherwise differ
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         if "avx2" not in f.read().split():
             pytest.skip("no AVX2 on this CPU: ATEN_CPU_CAPABILITY=avx2 falls back to default")
-    assert (_sha256(trained["unpinned_avx2"] / "model.safetensors")
-            != _sha256(trained["pinned_avx2"] / "model.safetensors"))
+    assert (_sha256(theta0_trainings["unpinned_avx2"] / "model.safetensors")
+            != _sha256(theta0_trainings["pinned_avx2"] / "model.safetensors"))
 
 
-def test_pinned_theta0_records_the_pinned_kernels(trained):
-    record = json.loads((trained["pinned_avx2"] / "safebasin_finetune.json").read_text())
+def test_pinned_theta0_records_the_pinned_kernels(theta0_trainings):
+    record = json.loads(
+        (theta0_trainings["pinned_avx2"] / "safebasin_finetune.json").read_text())
     kernels = record["provenance"]["kernels"]
     assert record["provenance"]["reproducible"] is True
     assert (kernels["aten_cpu_capability"], kernels["mkl_cbwr_branch"], kernels["threads"],
             kernels["deterministic"]) == ("DEFAULT", "COMPATIBLE", 1, True)
 
 
-def test_unpinned_theta0_records_that_it_was_not_reproducible(trained):
-    record = json.loads((trained["unpinned_avx2"] / "safebasin_finetune.json").read_text())
+def test_unpinned_theta0_records_that_it_was_not_reproducible(theta0_trainings):
+    record = json.loads(
+        (theta0_trainings["unpinned_avx2"] / "safebasin_finetune.json").read_text())
     assert record["provenance"]["reproducible"] is False
     assert record["provenance"]["kernels"]["env"]["ATEN_CPU_CAPABILITY"] == "avx2"
 
 
-def test_smoke_theta0_digest_is_pinned(trained):
-    assert _sha256(trained["pinned_avx2"] / "model.safetensors") == THETA0_SMOKE_SHA256
+def test_smoke_theta0_digest_is_pinned(theta0_trainings):
+    assert _sha256(theta0_trainings["pinned_avx2"] / "model.safetensors") == THETA0_SMOKE_SHA256

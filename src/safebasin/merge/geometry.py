@@ -27,7 +27,7 @@ import torch
 from ..checkpoint import Checkpoint
 from . import fused
 from .ops import TensorOp, TensorStatistic
-from .statistics import StatisticsFirst, statistics_buffers
+from .statistics import collect_statistics
 
 __all__ = ["SlerpCosine", "model_stock_t", "plan_model_stock", "plan_slerp", "slerp_coefficients"]
 
@@ -73,7 +73,8 @@ class SlerpCosine(TensorStatistic):
     sums, clamped to [−1, 1]. Each block is reduced by the same torch op, on the threads the
     statistics pass runs (torch's sums split work by thread: the bits depend on their count).
     Memory: one fp32 block per input, the scratch rows shared by the tensors of a merge, into
-    which the chunks are widened at their offset in the block (a block may span chunks).
+    which the chunks are widened at their offset in the block (a block may span chunks; the
+    passes read one tensor's chunks in order before the next tensor's).
     """
 
     def __init__(self, numel: int, dtype: torch.dtype,
@@ -200,47 +201,29 @@ def _floats(base: Checkpoint) -> list[str]:
     return [n for n in base.names if base.dtype(n).is_floating_point]
 
 
-def plan_slerp(inputs: Sequence[Checkpoint], t: float) -> tuple[dict[str, TensorOp], list]:
-    """One op per floating tensor that collects its statistics (norms, then the dot product)
-    when the merge reaches the tensor, then blends it (`StatisticsFirst`).
+def plan_slerp(inputs: Sequence[Checkpoint], t: float) -> tuple[dict[str, SlerpOp], list]:
+    """Two statistics passes (norms, then the dot product per tensor), then the ops.
 
-    Returns (ops, the tensors interpolated linearly, for the recipe: filled in θ₀'s order as
-    the merge builds the ops, complete when the merge is)."""
+    Returns (ops, the tensors interpolated linearly, for the recipe)."""
     threads = torch.get_num_threads()  # mergekit's: torch's default, here outside the passes
-    base, scratch, buffers = inputs[0], {}, statistics_buffers(inputs)
-    names = _floats(base)
-    order = {n: i for i, n in enumerate(names)}
-    linear: list[str] = []
-
-    def blend(name: str, st: SlerpCosine) -> SlerpOp:
+    base, scratch = inputs[0], {}
+    stats = {n: SlerpCosine(math.prod(base.shape(n)), base.dtype(n), scratch)
+             for n in _floats(base)}
+    collect_statistics(inputs, stats, threads=threads)
+    ops, linear = {}, []
+    for n, st in stats.items():
         s0, s1, lin = slerp_coefficients(t, st.dot.float())
+        ops[n] = SlerpOp(s0, s1)
         if bool(lin):
-            linear.append(name)
-            linear.sort(key=order.__getitem__)
-        return SlerpOp(s0, s1)
-
-    ops: dict[str, TensorOp] = {
-        n: StatisticsFirst(inputs, n, SlerpCosine(math.prod(base.shape(n)), base.dtype(n), scratch),
-                           lambda st, n=n: blend(n, st), buffers, threads=threads)
-        for n in names}
+            linear.append(n)
     return ops, linear
 
 
-def plan_model_stock(inputs: Sequence[Checkpoint]) -> tuple[dict[str, TensorOp], dict]:
-    """One op per floating tensor that collects its statistic (the offsets' Gram matrix) when
-    the merge reaches the tensor, then blends it (`StatisticsFirst`).
+def plan_model_stock(inputs: Sequence[Checkpoint]) -> tuple[dict[str, ModelStockOp], dict]:
+    """One statistics pass (the offsets' Gram matrix per tensor), then the ops.
 
-    Returns (ops, per-tensor t for the recipe: filled as the merge builds the ops, complete
-    when the merge is)."""
-    names = _floats(inputs[0])
-    buffers, ts = statistics_buffers(inputs), dict.fromkeys(names, 0.0)  # θ₀'s order
-
-    def blend(name: str, g: Gram) -> ModelStockOp:
-        ts[name] = model_stock_t(g.g)
-        return ModelStockOp(ts[name])
-
-    ops: dict[str, TensorOp] = {
-        n: StatisticsFirst(inputs, n, Gram(len(inputs) - 1, offsets=True),
-                           lambda g, n=n: blend(n, g), buffers)
-        for n in names}
-    return ops, ts
+    Returns (ops, per-tensor t for the recipe)."""
+    stats = {n: Gram(len(inputs) - 1, offsets=True) for n in _floats(inputs[0])}
+    collect_statistics(inputs, stats)
+    ts = {n: model_stock_t(s.g) for n, s in stats.items()}
+    return {n: ModelStockOp(t) for n, t in ts.items()}, ts

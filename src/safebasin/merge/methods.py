@@ -183,9 +183,9 @@ def model_stock(base: PathLike, finetuned: Sequence[PathLike], out: PathLike, *,
                          f"{len(finetuned)}")
 
     def planner(inputs):
-        ops, ts = plan_model_stock(inputs)  # ts is filled as the merge runs the ops
-        # λ only serve tensors without an op (integer ones, copied from θ₀)
-        return Planned([0.0] * (len(inputs) - 1), {"t": ts},
+        ops, ts = plan_model_stock(inputs)
+        k = len(inputs) - 1
+        return Planned({n: [ts.get(n, 0.0) / k] * k for n in inputs[0].names}, {"t": ts},
                        ops=ops, formula="θ = t·(Σᵢ θᵢ)/N + (1 − t)·θ₀, t = N·cos/(1 + (N−1)"
                        "·cos), cos = mean pairwise cosine of τᵢ = θᵢ − θ₀, per tensor")
 

@@ -29,7 +29,7 @@ _MAX_PASSES = 16  # radix selection needs 2; anything near this is a bug in a st
 # input bytes of the tensors whose passes run together (a larger tensor is a group alone)
 GROUP_BYTES = 1 << 30
 # elements per read of a `StatisticsFirst` op's passes: its buffers exist beside the merge's
-STATISTICS_CHUNK = 1 << 19
+STATISTICS_CHUNK = 1 << 20
 
 
 def statistics_buffers(inputs: Sequence[Checkpoint]) -> Callable[[], ReadBuffers]:
@@ -116,20 +116,19 @@ class StatisticsFirst(TensorOp):
     first, then the merge, read it from the disk once per pass: TIES on the full Llama-3.1-8B
     shapes took 2.9x the I/O floor that way. `buffers()` gives the statistics reader's
     buffers: one small set shared by the ops of a merge (`statistics_buffers`, cached).
-    `threads`: torch's threads during the passes (as `collect_statistics`).
     """
 
     def __init__(self, inputs: Sequence[Checkpoint], name: str, statistic: TensorStatistic,
                  build: Callable[[TensorStatistic], TensorOp],
-                 buffers: Callable[[], ReadBuffers], *, threads: int = 1) -> None:
+                 buffers: Callable[[], ReadBuffers]) -> None:
         self._inputs, self._name, self._statistic = inputs, name, statistic
-        self._build, self._buffers, self._threads = build, buffers, threads
+        self._build, self._buffers = build, buffers
         self._op: TensorOp | None = None
 
     def _built(self) -> TensorOp:
         if self._op is None:
             collect_statistics(self._inputs, {self._name: self._statistic},
-                               threads=self._threads, buffers=self._buffers())
+                               buffers=self._buffers())
             self._op, self._statistic = self._build(self._statistic), None
             if self._op.whole:
                 raise TypeError(f"{type(self._op).__name__} is a whole-tensor op; "
