@@ -125,15 +125,15 @@ def _read_rows(ckpt: Checkpoint, base_chunk: torch.Tensor | None, chunk: Chunk,
 
 
 def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
-                fingerprints: Fingerprints | None = None, chunk_elems: int = CHUNK_ELEMS,
-                buffers: ReadBuffers | None = None
+                fingerprints: Fingerprints | None = None, buffers: ReadBuffers | None = None
                 ) -> Iterator[tuple[Chunk, list[torch.Tensor]]]:
     """Yield each chunk with one flat tensor per input, read ahead on a background thread.
 
     The tensors of one chunk stay valid until the next chunk is requested. `buffers` (large
-    enough for every chunk) are reused from an earlier call; by default they are allocated.
+    enough for every chunk) are reused from an earlier call; by default they are allocated, as
+    large as the largest chunk.
     """
-    pools = (buffers or ReadBuffers.for_chunks(inputs, chunks, chunk_elems)).pools
+    pools = (buffers or ReadBuffers.for_chunks(inputs, chunks)).pools
     ready: queue.Queue = queue.Queue(maxsize=_DEPTH)
     stop = threading.Event()
 
