@@ -453,27 +453,24 @@ def _dot64(a, b):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def gram_update(base, fts, offsets, g):
-    """g += the Gram matrix of the vectors x: θ₀ and the fine-tunes (SLERP), or the offsets
-    θᵢ − θ₀ in fp64 (model stock, `offsets`); g is symmetric, fp64."""
+def gram_update(base, fts, g):
+    """g += the fp64 Gram matrix of the offsets θᵢ − θ₀ (model stock); g is symmetric."""
     k, n = fts.shape[0], base.size
     xs = np.empty((k + 1, _BLOCK), dtype=np.float64)
-    first = 1 if offsets else 0
     for s0 in range(0, n, _BLOCK):
         m = min(_BLOCK, n - s0)
         _widen64(base[s0:s0 + m], xs[0, :m])
         for r in range(k):
             x = xs[r + 1, :m]
             _widen64(fts[r, s0:s0 + m], x)
-            if offsets:
-                for j in range(m):
-                    x[j] = x[j] - xs[0, j]
-        for i in range(first, k + 1):
+            for j in range(m):
+                x[j] = x[j] - xs[0, j]
+        for i in range(1, k + 1):
             for j in range(i, k + 1):
                 v = _dot64(xs[i, :m], xs[j, :m])
-                g[i - first, j - first] += v
+                g[i - 1, j - 1] += v
                 if i != j:
-                    g[j - first, i - first] += v
+                    g[j - 1, i - 1] += v
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

@@ -38,25 +38,17 @@ STOCK_EPS = 1e-6  # mergekit's clamp of the norm product
 
 
 class Gram(TensorStatistic):
-    """Σ xᵢ·xⱼ (fp64) over one tensor for the vectors xᵢ this statistic is given.
+    """Σ δᵢ·δⱼ (fp64) over one tensor of the offsets δᵢ = θᵢ − θ₀, i = 1..K (model stock)."""
 
-    `offsets=True`: xᵢ = θᵢ − θ₀ for inputs 1..K (model stock); else xᵢ = θᵢ.
-    """
-
-    def __init__(self, k: int, *, offsets: bool) -> None:
-        self.offsets = offsets
+    def __init__(self, k: int) -> None:
         self.g = np.zeros((k, k))
 
     def update(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> None:
         if fused.supported(tensors):
-            fused.gram_update(fused.as_array(tensors[0]), fused.as_rows(tensors[1:]),
-                              self.offsets, self.g)
+            fused.gram_update(fused.as_array(tensors[0]), fused.as_rows(tensors[1:]), self.g)
             return
-        if self.offsets:
-            base = tensors[0].double()
-            xs = [t.double() - base for t in tensors[1:]]
-        else:
-            xs = [t.double() for t in tensors]
+        base = tensors[0].double()
+        xs = [t.double() - base for t in tensors[1:]]
         for i, a in enumerate(xs):
             for j in range(i, len(xs)):
                 v = float(torch.dot(a, xs[j]))
@@ -223,7 +215,7 @@ def plan_model_stock(inputs: Sequence[Checkpoint]) -> tuple[dict[str, ModelStock
     """One statistics pass (the offsets' Gram matrix per tensor), then the ops.
 
     Returns (ops, per-tensor t for the recipe)."""
-    stats = {n: Gram(len(inputs) - 1, offsets=True) for n in _floats(inputs[0])}
+    stats = {n: Gram(len(inputs) - 1) for n in _floats(inputs[0])}
     collect_statistics(inputs, stats)
     ts = {n: model_stock_t(s.g) for n, s in stats.items()}
     return {n: ModelStockOp(t) for n, t in ts.items()}, ts
