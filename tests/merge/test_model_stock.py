@@ -17,7 +17,7 @@ def test_model_stock_matches_float64_reference(models, tmp_path):
     fts = [load_state(models["ft"]), load_state(models["ft2"])]
     ref = {k: model_stock_reference(b[k], [f[k] for f in fts]) for k in b}
     assert_close(load_state(tmp_path / "out"), ref, rtol=1e-5, atol=1e-6)
-    # each tensor's t is collected as the merge reaches it, and recorded in θ₀'s order
+    # every tensor's t, in θ₀'s order, against the float64 formula
     with open_checkpoint(models["base"]) as base:
         assert list(recipe["parameters"]["t"]) == list(base.names)
     for k, t in recipe["parameters"]["t"].items():

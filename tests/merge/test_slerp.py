@@ -44,17 +44,22 @@ def test_slerp_falls_back_to_lerp_for_nearly_parallel_tensors():
     assert s0[:2].tolist() == [0.75, 0.75] and s1[:2].tolist() == [0.25, 0.25]
 
 
+def _write_pair(tmp_path, v0: dict, v1: dict) -> None:
+    """θ₀ and θ₁ as model folders tmp_path/a and tmp_path/b."""
+    for name, state in (("a", v0), ("b", v1)):
+        (tmp_path / name).mkdir()
+        save_file(state, tmp_path / name / "model.safetensors")
+
+
 def test_slerp_recipe_lists_the_tensors_interpolated_linearly_in_base_order(tmp_path):
-    """The cosines are collected as the merge reaches each tensor; the recipe, written after
-    the merge, names exactly the nearly parallel ones (float64 cosine > 0.9995)."""
+    """The recipe names exactly the nearly parallel tensors (float64 cosine > 0.9995), in the
+    order of θ₀'s tensors."""
     g = torch.Generator().manual_seed(3)
     names = ["z.weight", "a.weight", "m.weight", "b.weight"]  # not in sorted order
     v0 = {n: torch.randn(40, 30, generator=g) for n in names}
     v1 = {n: (1.5 * x + 1e-3 * torch.randn(x.shape, generator=g) if n in ("z.weight", "m.weight")
               else torch.randn(x.shape, generator=g)) for n, x in v0.items()}
-    for name, state in (("a", v0), ("b", v1)):
-        (tmp_path / name).mkdir()
-        save_file(state, tmp_path / name / "model.safetensors")
+    _write_pair(tmp_path, v0, v1)
     recipe = merge.slerp(tmp_path / "a", tmp_path / "b", tmp_path / "out", t=0.5)
     with open_checkpoint(tmp_path / "a") as base:
         order = list(base.names)
@@ -111,9 +116,7 @@ def test_slerp_equals_mergekit_order_bit_for_bit(tmp_path, monkeypatch, chunk, t
     shapes = {"big.weight": (2600, 1049), "small.weight": (17, 5)}
     v0 = {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
     v1 = {k: x + 0.01 * torch.randn(x.shape, generator=g) for k, x in v0.items()}
-    for name, state in (("a", v0), ("b", v1)):
-        (tmp_path / name).mkdir()
-        save_file(state, tmp_path / name / "model.safetensors")
+    _write_pair(tmp_path, v0, v1)
     if chunk:
         monkeypatch.setattr(executor, "CHUNK_ELEMS", chunk)
         monkeypatch.setattr(stream, "CHUNK_ELEMS", chunk)
