@@ -1,7 +1,9 @@
 """Reproducible mode: pin the CPU code paths that decide the bits of a CPU run.
 
-Same pinned package versions, same command, same bytes on any x86-64 Linux machine. Two choices
-made at run time decide the bits of a CPU training run (docs/reproducibility.md has the
+Same pinned package versions, same command, same CPU: the same bytes whatever kernel settings
+and thread counts the process inherits. Not across CPU vendors: an Intel Xeon and an AMD EPYC
+give different bytes even pinned (measured; the cause is not found). Two choices made at run
+time decide the bits of a CPU training run (docs/reproducibility.md has the
 measurements): ATen's kernel family (AVX-512, AVX2 or generic, picked from the CPU) and MKL's
 code branch (picked the same way). Both are read from the environment once, when torch and MKL
 first use them, so the pins must be in the environment *before* torch loads. That is why this

@@ -1,4 +1,5 @@
-"""θ₀'s bytes in reproducible mode: the same whatever kernel settings the process inherits.
+"""θ₀ in reproducible mode: on one CPU the same bytes whatever kernel settings the process inherits.
+Across CPUs the bytes differ (docs/reproducibility.md), so the smoke θ₀'s losses are pinned instead.
 
 Each θ₀ is trained by the real CLI in a child process (`python -m safebasin`), as a
 user runs it: the pins must be in place before torch loads, which no in-process test can show.
@@ -14,11 +15,15 @@ from pathlib import Path
 
 import pytest
 
-# sha256 of model.safetensors: world seed 0, θ₀ seed 0, the smoke model of
-# `early_jobs.THETA0_SMOKE`, reproducible mode (measured 2026-12-05 after the toy world v2
-# landed; any change to the world, the model, the training recipe or the pinned versions
-# changes it, on purpose)
-THETA0_SMOKE_SHA256 = "56e623dc4f5580e6455e79dea441a1163580ac2c51cd3aa20cd0bc0d346ec4af"
+# The smoke θ₀'s 20 training losses (world seed 0, θ₀ seed 0, `early_jobs.THETA0_SMOKE`,
+# reproducible mode), measured 2026-12-06 on an AMD EPYC (Zen 5). Its *bytes* are not pinned:
+# they differ between CPUs (docs/reproducibility.md has the digests of an Intel Xeon and this
+# AMD EPYC). The losses are nearly: ATen's AVX2, AVX-512 and generic kernels and MKL's branches
+# moved them by at most 1e-7 relative on that machine, while θ₀ seed 1 moves every one by more
+# than 3e-4, so a changed world, model or recipe shows
+SMOKE_LOSSES = (5.380290, 5.377978, 5.381496, 5.364387, 5.350395, 5.338787, 5.326233, 5.299732,
+                5.267681, 5.239812, 5.215253, 5.183834, 5.157248, 5.123705, 5.086386, 5.059156,
+                5.022954, 4.983572, 4.928866, 4.863739)
 
 
 def _sha256(path: Path) -> str:
@@ -56,5 +61,8 @@ def test_unpinned_theta0_records_that_it_was_not_reproducible(theta0_trainings):
     assert record["provenance"]["kernels"]["env"]["ATEN_CPU_CAPABILITY"] == "avx2"
 
 
-def test_smoke_theta0_digest_is_pinned(theta0_trainings):
-    assert _sha256(theta0_trainings["pinned_avx2"] / "model.safetensors") == THETA0_SMOKE_SHA256
+def test_smoke_theta0_losses_are_pinned(theta0_trainings):
+    record = json.loads(
+        (theta0_trainings["pinned_avx2"] / "safebasin_finetune.json").read_text())
+    losses = [loss for _, loss in record["losses"]]
+    assert losses == pytest.approx(SMOKE_LOSSES, rel=1e-5, abs=0)

@@ -31,7 +31,8 @@ def reproducible_option(default: str) -> Callable[[Callable], Callable]:
     return click.option(
         "--reproducible/--no-reproducible", default=None,
         help="Pin CPU numerics (generic ATen kernels, MKL_CBWR=COMPATIBLE, one thread, "
-             "deterministic algorithms) so that any x86-64 machine gives the same bytes "
+             "deterministic algorithms) so that the bytes do not depend on inherited kernel "
+             "settings; they still differ between CPU vendors (docs/reproducibility.md) "
              f"[default: {default}].")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from ..errors import OutputNotWritableError, UsageError
 from ._common import (
     ProgressBar,
     _print_outcome,
@@ -78,3 +78,24 @@ def demo_cmd(workdir, quick, smoke, threads, reproducible, quiet):
         for line in models.read_text(encoding="utf-8").splitlines()[1:]:
             name, _, path = line.partition(",")
             click.echo(f"  {name:<16} {path}")
+
+
+@cli.command("compare-sweeps")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("rerun", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Write the markdown here as well as to stdout.")
+def compare_sweeps_cmd(reference, rerun, out):
+    """Which of REFERENCE's verdicts RERUN repeats (each a sweep's output folder or its
+    differences.csv): an ordering worth stating holds in both runs."""
+    from ..executors.cache import write_atomic
+    from ..sweep.replication import compare_differences, read_differences, replication_markdown
+
+    result = compare_differences(read_differences(reference), read_differences(rerun))
+    text = replication_markdown(result, str(reference), str(rerun))
+    if out is not None:
+        try:
+            write_atomic(out, text)
+        except OSError as e:
+            raise OutputNotWritableError(f"{out}: cannot write it ({e.strerror})") from None
+    click.echo(text, nl=False)

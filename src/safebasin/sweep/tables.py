@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 _VERDICTS = ("refused", "complied", "off_target", "degenerate")
-_METRIC_NAMES = {"asr": "keyword ASR", "harmful_rate": "harmful compliance"}
+METRIC_NAMES = {"asr": "keyword ASR", "harmful_rate": "harmful compliance"}
 
 
 def _row(cells: Sequence[object]) -> str:
@@ -39,7 +39,7 @@ def differences_markdown(diffs: Sequence[dict]) -> str:
                          f"{members[0]['prompts']} prompts:\n")
         lines = [_row(header), _row(["---"] * len(header))]
         for d in members:
-            lines.append(_row([d["matched_to"], d["comparison"], _METRIC_NAMES[d["metric"]],
+            lines.append(_row([d["matched_to"], d["comparison"], METRIC_NAMES[d["metric"]],
                                _points(d["estimate"]),
                                f"[{_points(d['low'])}, {_points(d['high'])}]", d["verdict"]]))
         parts.append("\n".join(lines) + "\n")

@@ -1,0 +1,99 @@
+"""Do two runs of one study agree? Verdict by verdict, from their `differences.csv`.
+
+A toy-world run is bit-for-bit reproducible on one CPU, not across CPU vendors
+(docs/reproducibility.md): a rerun elsewhere draws new bit-level numerics, and training
+amplifies them. The bootstrap intervals cover worlds, seeds and prompts, not that draw, so an
+ordering worth stating is one both runs find. This module pairs the comparisons of two runs and
+sorts each into: the same ordering in both, no detectable difference in both, an ordering in one
+run only, or opposite orderings.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import DataFormatError, DataNotFoundError
+from .differences import FIELDS
+from .tables import METRIC_NAMES
+
+KEY = ("model", "experiment", "lr", "matched_to", "comparison", "metric")
+NONE = "no detectable difference"
+OUTCOMES = ("same ordering", "none in both", "one run only", "opposite orderings")
+
+
+def read_differences(path: Path) -> list[dict]:
+    """The rows of a `differences.csv` (or of the one inside a sweep's output folder), with
+    estimate and interval as floats."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "differences.csv"
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: no such file; give a sweep's output folder or its "
+                                "differences.csv")
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [k for k in FIELDS if k not in (reader.fieldnames or ())]
+        if missing:
+            raise DataFormatError(f"{path}: not a sweep's differences.csv (no column "
+                                  f"{missing[0]!r})")
+        rows = list(reader)
+    for line, row in enumerate(rows, start=2):
+        try:
+            for k in ("estimate", "low", "high"):
+                row[k] = float(row[k])
+        except ValueError:
+            raise DataFormatError(f"{path}, line {line}: {k} {row[k]!r} is not a number") \
+                from None
+        if not (row["low"] <= row["high"] and all(map(math.isfinite, (row["low"], row["high"])))):
+            raise DataFormatError(f"{path}, line {line}: interval [{row['low']}, "
+                                  f"{row['high']}] is not a finite interval")
+    return rows
+
+
+def _outcome(a: str, b: str) -> str:
+    if a == b:
+        return "none in both" if a == NONE else "same ordering"
+    return "one run only" if NONE in (a, b) else "opposite orderings"
+
+
+def compare_differences(reference: Sequence[dict], rerun: Sequence[dict]) -> dict:
+    """Pair the two runs' comparisons by `KEY` and classify each pair (see `OUTCOMES`).
+
+    Returns `pairs` (reference row, rerun row, outcome) in the reference's order and the counts
+    of comparisons that only one run has."""
+    ref = {tuple(r[k] for k in KEY): r for r in reference}
+    new = {tuple(r[k] for k in KEY): r for r in rerun}
+    shared = [k for k in ref if k in new]
+    if not shared:
+        raise DataFormatError("the two studies share no comparison (model, experiment, lr, "
+                              "EMA, comparison and metric must match)")
+    pairs = [(ref[k], new[k], _outcome(ref[k]["verdict"], new[k]["verdict"])) for k in shared]
+    return {"pairs": pairs, "only_reference": len(ref) - len(shared),
+            "only_rerun": len(new) - len(shared)}
+
+
+def _points(r: dict) -> str:
+    return f"{r['estimate'] * 100:+.1f} [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}]"
+
+
+def replication_markdown(result: dict, reference_name: str = "reference",
+                         rerun_name: str = "rerun") -> str:
+    """A count per outcome, then every pair: both estimates with their 95% intervals in
+    percentage points, and the outcome."""
+    pairs = result["pairs"]
+    counts = {o: sum(p[2] == o for p in pairs) for o in OUTCOMES}
+    lines = [f"{len(pairs)} shared comparisons: "
+             + ", ".join(f"{o} {counts[o]}" for o in OUTCOMES) + "."]
+    for side, n in (("reference", result["only_reference"]), ("rerun", result["only_rerun"])):
+        if n:
+            lines.append(f"{n} comparison{'s' * (n != 1)} only in the {side}, not compared.")
+    header = ["model", "EMA", "comparison", "metric", reference_name, rerun_name, "outcome"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for a, b, outcome in pairs:
+        lines.append("| " + " | ".join([a["model"], a["matched_to"], a["comparison"],
+                                          METRIC_NAMES.get(a["metric"], a["metric"]),
+                                          _points(a), _points(b), outcome]) + " |")
+    return "\n".join(lines) + "\n"
