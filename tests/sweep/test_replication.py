@@ -124,6 +124,15 @@ def test_a_broken_interval_names_its_line(runs, tmp_path, low, high, message):
     assert _error_line(ref, bad) == f"error: {bad}, line 4: {message}"
 
 
+def test_a_truncated_row_names_its_line(runs, tmp_path):
+    ref, rerun = runs
+    lines = rerun.read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "cut.csv"
+    bad.write_text("\n".join(lines[:2] + [lines[2][:lines[2].index(",asr,") + 4]]) + "\n",
+                   encoding="utf-8")
+    assert _error_line(ref, bad) == f"error: {bad}, line 3: estimate None is not a number"
+
+
 def test_studies_without_a_shared_comparison_are_refused(tmp_path):
     write_differences(REFERENCE[:1], tmp_path / "a.csv")
     write_differences([_row("A", "asr", 0.1, 0.0, 0.2, NONE, model="large")], tmp_path / "b.csv")

@@ -44,7 +44,7 @@ def read_differences(path: Path) -> list[dict]:
         try:
             for k in ("estimate", "low", "high"):
                 row[k] = float(row[k])
-        except ValueError:
+        except (TypeError, ValueError):  # TypeError: a short row's missing cell is None
             raise DataFormatError(f"{path}, line {line}: {k} {row[k]!r} is not a number") \
                 from None
         if not (row["low"] <= row["high"] and all(map(math.isfinite, (row["low"], row["high"])))):
