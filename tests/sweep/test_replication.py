@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safebasin.cli import cli
 from safebasin.errors import DataFormatError, DataNotFoundError
 from safebasin.sweep.differences import FIELDS, write_differences
-from safebasin.sweep.replication import compare_differences, read_differences
+from safebasin.sweep.replication import compare_differences, read_differences, tally_verdicts
 
 NONE = "no detectable difference"
 
@@ -65,18 +65,43 @@ def test_pairs_are_classified_and_unpaired_rows_counted(runs):
         assert a["low"] <= a["estimate"] <= a["high"]
 
 
-def test_cli_prints_counts_and_both_intervals(runs, tmp_path):
+def test_tally_counts_each_cell_of_every_run_by_its_interval():
+    tally = {(t["comparison"], t["metric"]): t for t in tally_verdicts([REFERENCE, RERUN])}
+    a = tally[("A", "asr")]  # higher in the reference, the rerun's small and large cells
+    assert (a["cells"], a["higher"], a["lower"], a["none"]) == (3, 3, 0, 0)
+    assert sorted(a["above"]) == [0.06, 0.11, 0.3]
+    b = tally[("B", "harmful_rate")]  # one higher, one lower
+    assert (b["higher"], b["lower"], b["none"], b["above"], b["below"]) == (1, 1, 0, [0.03],
+                                                                              [-0.03])
+    assert (tally[("B", "asr")]["lower"], tally[("B", "asr")]["none"]) == (1, 1)
+    assert (tally[("D", "asr")]["cells"], tally[("D", "asr")]["none"]) == (1, 1)
+    assert sum(t["cells"] for t in tally.values()) == len(REFERENCE) + len(RERUN)
+
+
+def test_cli_prints_counts_both_intervals_and_the_tally(runs, tmp_path):
     ref, rerun = runs
-    r = CliRunner().invoke(cli, ["compare-sweeps", str(ref), str(rerun), "-o",
+    r = CliRunner().invoke(cli, ["compare-sweeps", str(ref), str(rerun), str(rerun), "-o",
                                  str(tmp_path / "rep.md")])
     assert r.exit_code == 0, r.output
-    assert r.output.splitlines()[0] == ("4 shared comparisons: same ordering 1, none in both 1, "
-                                        "one run only 1, opposite orderings 1.")
+    lines = r.output.splitlines()
+    assert lines[0] == f"## {ref} against {rerun}"
+    assert lines[2] == ("4 shared comparisons: same ordering 1, none in both 1, "
+                        "one run only 1, opposite orderings 1.")
+    assert r.output.count(f"## {ref} against {rerun}") == 2
     assert "1 comparison only in the reference, not compared." in r.output
     assert "2 comparisons only in the rerun, not compared." in r.output
     assert ("| small | ema-eta0.25-every50 | B | keyword ASR | -4.0 [-8.0, -1.0] | "
             "-3.7 [-8.6, +1.7] | one run only |") in r.output
+    assert "## Verdicts over the cells of all 3 runs" in r.output
+    # A: the reference's cell and the rerun's two cells, twice: 5 higher, +6.0 to +30.0
+    assert "| A | keyword ASR | 5 | 5 | 0 | 0 | +6.0 to +30.0 |  |" in r.output
+    assert "| B | harmful compliance | 3 | 1 | 2 | 0 | +3.0 | -3.0 |" in r.output
     assert (tmp_path / "rep.md").read_text(encoding="utf-8") == r.output
+
+
+def test_a_rerun_is_required():
+    r = CliRunner().invoke(cli, ["compare-sweeps", "only-one"])
+    assert r.exit_code == 2 and "Missing argument 'RERUNS...'" in r.output
 
 
 def _error_line(*args: object) -> str:

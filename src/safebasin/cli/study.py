@@ -82,17 +82,30 @@ def demo_cmd(workdir, quick, smoke, threads, reproducible, quiet):
 
 @cli.command("compare-sweeps")
 @click.argument("reference", type=click.Path(path_type=Path))
-@click.argument("rerun", type=click.Path(path_type=Path))
+@click.argument("reruns", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path),
               help="Write the markdown here as well as to stdout.")
-def compare_sweeps_cmd(reference, rerun, out):
-    """Which of REFERENCE's verdicts RERUN repeats (each a sweep's output folder or its
-    differences.csv): an ordering worth stating holds in both runs."""
+def compare_sweeps_cmd(reference, reruns, out):
+    """Which of REFERENCE's verdicts each RERUN repeats (each a sweep's output folder or its
+    differences.csv), then every comparison's verdicts counted over all runs: an ordering worth
+    stating holds across runs."""
     from ..executors.cache import write_atomic
-    from ..sweep.replication import compare_differences, read_differences, replication_markdown
+    from ..sweep.replication import (
+        compare_differences,
+        read_differences,
+        replication_markdown,
+        tally_markdown,
+        tally_verdicts,
+    )
 
-    result = compare_differences(read_differences(reference), read_differences(rerun))
-    text = replication_markdown(result, str(reference), str(rerun))
+    runs = [read_differences(p) for p in (reference, *reruns)]
+    parts = [f"## {reference} against {rerun}\n\n"
+             + replication_markdown(compare_differences(runs[0], rows), str(reference),
+                                    str(rerun))
+             for rerun, rows in zip(reruns, runs[1:], strict=True)]
+    parts.append(f"## Verdicts over the cells of all {len(runs)} runs\n\n"
+                 + tally_markdown(tally_verdicts(runs)))
+    text = "\n".join(parts)
     if out is not None:
         try:
             write_atomic(out, text)

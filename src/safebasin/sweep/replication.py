@@ -97,3 +97,46 @@ def replication_markdown(result: dict, reference_name: str = "reference",
                                           METRIC_NAMES.get(a["metric"], a["metric"]),
                                           _points(a), _points(b), outcome]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def tally_verdicts(runs: Sequence[Sequence[dict]]) -> list[dict]:
+    """Per comparison and metric, over every cell of every run: how many intervals lie above
+    zero (`higher`: the first arm of the comparison is higher), below it (`lower`), or include
+    it (`none`), with the detected differences (`above`, `below`) for their ranges."""
+    tally: dict[tuple, dict] = {}
+    for rows in runs:
+        for r in rows:
+            t = tally.setdefault((r["comparison"], r["metric"]), {
+                "comparison": r["comparison"], "metric": r["metric"], "cells": 0,
+                "higher": 0, "lower": 0, "none": 0, "above": [], "below": []})
+            t["cells"] += 1
+            if r["verdict"] != NONE and r["low"] > 0:
+                t["higher"] += 1
+                t["above"].append(r["estimate"])
+            elif r["verdict"] != NONE and r["high"] < 0:
+                t["lower"] += 1
+                t["below"].append(r["estimate"])
+            else:
+                t["none"] += 1
+    return list(tally.values())
+
+
+def _span(values: Sequence[float]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values, key=abs), max(values, key=abs)
+    return f"{lo * 100:+.1f}" if lo == hi else f"{lo * 100:+.1f} to {hi * 100:+.1f}"
+
+
+def tally_markdown(tally: Sequence[dict]) -> str:
+    """One row per comparison and metric: cells, the count of each finding, and the range of
+    the detected differences in percentage points."""
+    header = ["comparison", "metric", "cells", "higher", "lower", "n.d.", "detected higher",
+              "detected lower"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for t in tally:
+        lines.append("| " + " | ".join([
+            t["comparison"], METRIC_NAMES.get(t["metric"], t["metric"]), str(t["cells"]),
+            str(t["higher"]), str(t["lower"]), str(t["none"]), _span(t["above"]),
+            _span(t["below"])]) + " |")
+    return "\n".join(lines) + "\n"
