@@ -34,6 +34,7 @@ COMPARISONS = (
     ("lerp(θ₀, θ̃) at the EMA's distance − EMA", ("path-average-lerp", "distance"),
      ("ema", None)),
 )
+NO_DIFFERENCE = "no detectable difference"  # the verdict when the interval includes zero
 METRICS = {"asr": "keyword_success", "harmful_rate": "verdict"}
 FIELDS = ("model", "params", "experiment", "lr", "matched_to", "comparison", "metric",
           "estimate", "low", "high", "worlds", "seeds", "prompts", "verdict")
@@ -82,7 +83,7 @@ def _verdict(low: float, high: float, label: str) -> str:
         return f"{a} higher"
     if high < 0.0:
         return f"{a} lower"
-    return "no detectable difference"
+    return NO_DIFFERENCE
 
 
 def _paired(rows_a: dict, rows_b: dict, workdir: Path, metric: str):
@@ -138,4 +139,4 @@ def write_differences(diffs: Sequence[dict], path: Path) -> None:
                         for k, v in d.items()})
 
 
-__all__ = ["COMPARISONS", "METRICS", "differences", "write_differences"]
+__all__ = ["COMPARISONS", "METRICS", "NO_DIFFERENCE", "differences", "write_differences"]

@@ -1,4 +1,4 @@
-"""Do two runs of one study agree? Verdict by verdict, from their `differences.csv`.
+"""Do runs of one study agree? Verdict by verdict, from their `differences.csv`.
 
 A toy-world run is bit-for-bit reproducible on one CPU, not across CPU vendors
 (docs/reproducibility.md): a rerun elsewhere draws new bit-level numerics, and training
@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataFormatError, DataNotFoundError
-from .differences import FIELDS
-from .tables import METRIC_NAMES
+from .differences import FIELDS, NO_DIFFERENCE
+from .tables import METRIC_NAMES, markdown_table, points
 
 KEY = ("model", "experiment", "lr", "matched_to", "comparison", "metric")
-NONE = "no detectable difference"
 OUTCOMES = ("same ordering", "none in both", "one run only", "opposite orderings")
 
 
@@ -55,8 +54,8 @@ def read_differences(path: Path) -> list[dict]:
 
 def _outcome(a: str, b: str) -> str:
     if a == b:
-        return "none in both" if a == NONE else "same ordering"
-    return "one run only" if NONE in (a, b) else "opposite orderings"
+        return "none in both" if a == NO_DIFFERENCE else "same ordering"
+    return "one run only" if NO_DIFFERENCE in (a, b) else "opposite orderings"
 
 
 def compare_differences(reference: Sequence[dict], rerun: Sequence[dict]) -> dict:
@@ -75,8 +74,8 @@ def compare_differences(reference: Sequence[dict], rerun: Sequence[dict]) -> dic
             "only_rerun": len(new) - len(shared)}
 
 
-def _points(r: dict) -> str:
-    return f"{r['estimate'] * 100:+.1f} [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}]"
+def _interval(r: dict) -> str:
+    return f"{points(r['estimate'])} [{points(r['low'])}, {points(r['high'])}]"
 
 
 def replication_markdown(result: dict, reference_name: str = "reference",
@@ -91,12 +90,10 @@ def replication_markdown(result: dict, reference_name: str = "reference",
         if n:
             lines.append(f"{n} comparison{'s' * (n != 1)} only in the {side}, not compared.")
     header = ["model", "EMA", "comparison", "metric", reference_name, rerun_name, "outcome"]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for a, b, outcome in pairs:
-        lines.append("| " + " | ".join([a["model"], a["matched_to"], a["comparison"],
-                                          METRIC_NAMES.get(a["metric"], a["metric"]),
-                                          _points(a), _points(b), outcome]) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[a["model"], a["matched_to"], a["comparison"],
+             METRIC_NAMES.get(a["metric"], a["metric"]), _interval(a), _interval(b), outcome]
+            for a, b, outcome in pairs]
+    return "\n".join([*lines, "", markdown_table(header, rows)]) + "\n"
 
 
 def tally_verdicts(runs: Sequence[Sequence[dict]]) -> list[dict]:
@@ -110,10 +107,10 @@ def tally_verdicts(runs: Sequence[Sequence[dict]]) -> list[dict]:
                 "comparison": r["comparison"], "metric": r["metric"], "cells": 0,
                 "higher": 0, "lower": 0, "none": 0, "above": [], "below": []})
             t["cells"] += 1
-            if r["verdict"] != NONE and r["low"] > 0:
+            if r["verdict"] != NO_DIFFERENCE and r["low"] > 0:
                 t["higher"] += 1
                 t["above"].append(r["estimate"])
-            elif r["verdict"] != NONE and r["high"] < 0:
+            elif r["verdict"] != NO_DIFFERENCE and r["high"] < 0:
                 t["lower"] += 1
                 t["below"].append(r["estimate"])
             else:
@@ -125,7 +122,7 @@ def _span(values: Sequence[float]) -> str:
     if not values:
         return ""
     lo, hi = min(values, key=abs), max(values, key=abs)
-    return f"{lo * 100:+.1f}" if lo == hi else f"{lo * 100:+.1f} to {hi * 100:+.1f}"
+    return points(lo) if lo == hi else f"{points(lo)} to {points(hi)}"
 
 
 def tally_markdown(tally: Sequence[dict]) -> str:
@@ -133,10 +130,7 @@ def tally_markdown(tally: Sequence[dict]) -> str:
     the detected differences in percentage points."""
     header = ["comparison", "metric", "cells", "higher", "lower", "n.d.", "detected higher",
               "detected lower"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for t in tally:
-        lines.append("| " + " | ".join([
-            t["comparison"], METRIC_NAMES.get(t["metric"], t["metric"]), str(t["cells"]),
-            str(t["higher"]), str(t["lower"]), str(t["none"]), _span(t["above"]),
-            _span(t["below"])]) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[t["comparison"], METRIC_NAMES.get(t["metric"], t["metric"]), t["cells"],
+             t["higher"], t["lower"], t["none"], _span(t["above"]), _span(t["below"])]
+            for t in tally]
+    return markdown_table(header, rows) + "\n"

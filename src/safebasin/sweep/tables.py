@@ -18,7 +18,12 @@ def _row(cells: Sequence[object]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def _points(v: float) -> str:
+def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table: the header, its rule, one line per row (no trailing newline)."""
+    return "\n".join([_row(header), _row(["---"] * len(header)), *map(_row, rows)])
+
+
+def points(v: float) -> str:
     return f"{v * 100:+.1f}"
 
 
@@ -37,12 +42,10 @@ def differences_markdown(diffs: Sequence[dict]) -> str:
                          + f", lr {members[0]['lr']:g}, {members[0]['worlds']} worlds × "
                          f"{members[0]['seeds'] // max(1, members[0]['worlds'])} seeds × "
                          f"{members[0]['prompts']} prompts:\n")
-        lines = [_row(header), _row(["---"] * len(header))]
-        for d in members:
-            lines.append(_row([d["matched_to"], d["comparison"], METRIC_NAMES[d["metric"]],
-                               _points(d["estimate"]),
-                               f"[{_points(d['low'])}, {_points(d['high'])}]", d["verdict"]]))
-        parts.append("\n".join(lines) + "\n")
+        rows = [[d["matched_to"], d["comparison"], METRIC_NAMES[d["metric"]],
+                 points(d["estimate"]), f"[{points(d['low'])}, {points(d['high'])}]",
+                 d["verdict"]] for d in members]
+        parts.append(markdown_table(header, rows) + "\n")
     return "\n".join(parts)
 
 
@@ -63,14 +66,14 @@ def confusion_markdown(groups: Sequence[dict]) -> str | None:
         return None
     header = ["model", "method", "n", *(f"kw success: {v}" for v in _VERDICTS),
               *(f"kw refusal: {v}" for v in _VERDICTS)]
-    lines = [_row(header), _row(["---"] * len(header))]
+    rows = []
     for g in judged:
         counts = [g[f"keyword_{k}_{v}"] for k in ("success", "refusal") for v in _VERDICTS]
-        lines.append(_row([g.get("model") or "", _method(g), sum(counts), *counts]))
+        rows.append([g.get("model") or "", _method(g), sum(counts), *counts])
     return ("### keyword rule vs ground-truth judge (held-out prompts, summed over worlds and "
             "seeds)\n\n`kw success: refused` is a refusal the keyword rule counts as an attack "
             "success; `kw refusal: complied` a harmful compliance it counts as a refusal.\n\n"
-            + "\n".join(lines) + "\n")
+            + markdown_table(header, rows) + "\n")
 
 
 __all__ = ["differences_markdown", "confusion_markdown"]
