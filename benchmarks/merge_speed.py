@@ -18,6 +18,10 @@ Each merge runs in a fresh subprocess so that peak RSS is its own.
     python benchmarks/merge_speed.py --shapes llama-3.2-1b --methods all --ema-k 0
     python benchmarks/merge_speed.py --shapes llama-3.1-8b --layers 2 --methods all --no-lerp
 
+`--cold` (root only) empties the page cache before every timed floor and merge, so that each
+reads its inputs from the disk: the fair comparison for inputs larger than memory, where a
+warm run's figures depend on what the previous run left cached (identical runs differed 2x).
+
 `--layers N` keeps every tensor's shape and only N of the decoder layers: peak memory depends on
 the largest tensors (the 8B's 1 GB embedding and head, its 14336-wide MLP), not on their number,
 so the 8B shape's memory is measured without 16 GB inputs.
@@ -111,8 +115,24 @@ def make_checkpoint(folder: Path, shape: dict, seed: int, base: Path | None = No
     write_config(folder, shape)
 
 
+COLD = False  # --cold: drop the page cache before every timed command
+
+
+def drop_caches() -> None:
+    """Write back dirty pages and empty the page cache (needs root), when --cold asks."""
+    if not COLD:
+        return
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        raise SystemExit(f"--cold needs root to write /proc/sys/vm/drop_caches: "
+                         f"{e.strerror}") from None
+
+
 def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     files = [str(f) for p in inputs for f in sorted(p.glob("*.safetensors"))]
+    drop_caches()
     t = time.perf_counter()
     subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
     mib = max(1, out_bytes // 2**20)
@@ -133,6 +153,7 @@ _LAUNCHER = ("import os, sys, time, subprocess; t = time.perf_counter(); "
 
 def timed(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and the command's own peak RSS in MiB."""
+    drop_caches()
     with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
         subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, report.name, *cmd], check=True)
         status, wall, rss = report.read().split()
@@ -153,7 +174,7 @@ def warm(inputs: list[Path]) -> None:
     """Read every input once, untimed, so that the first timed run does not pay for the disk
     (unless they are larger than half the memory: then every run reads from the disk)."""
     files = [str(f) for p in inputs for f in sorted(p.glob("*.safetensors"))]
-    if sum(os.path.getsize(f) for f in files) > os.sysconf("SC_PHYS_PAGES") * os.sysconf(
+    if COLD or sum(os.path.getsize(f) for f in files) > os.sysconf("SC_PHYS_PAGES") * os.sysconf(
             "SC_PAGE_SIZE") // 2:
         return
     subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
@@ -304,12 +325,19 @@ def main() -> None:
     ap.add_argument("--no-lerp", action="store_true", help="skip the lerp/EMA section")
     ap.add_argument("--layers", type=int, help="keep only this many decoder layers of each "
                     "shape (tensor shapes unchanged)")
+    ap.add_argument("--cold", action="store_true", help="empty the page cache before every "
+                    "timed command (root only)")
     args = ap.parse_args()
+    global COLD
+    COLD = args.cold
+    drop_caches()  # refuse now, not after generating checkpoints
     methods = list(METHODS) if args.methods == "all" else [
         m for m in args.methods.split(",") if m]
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.platform()}, "
           f"python {platform.python_version()}, torch {torch.__version__}; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
+          f"{time.strftime('%Y-%m-%d %H:%M')}; page cache "
+          f"{'dropped before every timed command' if COLD else 'warm'}; "
+          f"SAFEBASIN_DIRECT_IO={os.environ.get('SAFEBASIN_DIRECT_IO', '') or 'auto'}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="safebasin-bench-"))
     try:
         names = ["smollm2-135m"] if args.quick else ["smollm2-135m", "llama-3.2-1b"]

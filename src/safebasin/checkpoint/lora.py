@@ -295,6 +295,11 @@ class LoraCheckpoint(Checkpoint):
         out.copy_(part.float() + self._delta(m, start, stop, cols))  # fp32, rounded once
         return out
 
+    def read_flat_direct(self, name: str, start: int, stop: int, buf: memoryview
+                         ) -> torch.Tensor:
+        """As `read_flat_into`: the adapted tensors are computed into `buf` from offset 0."""
+        return self.read_flat_into(name, start, stop, buf)
+
     def close(self) -> None:
         self._adapter.close()
         self._factors = None

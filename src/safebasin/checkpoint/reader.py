@@ -20,6 +20,7 @@ from ..errors import (
     PickleRefusedError,
     SafebasinError,
 )
+from .direct import DirectFiles, has_slack
 from .header import TensorInfo, read_header
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class Checkpoint:
         self._infos = infos
         self._pickled = pickled
         self._fds: dict[Path, int] = {}
+        self._direct = DirectFiles()
         self.aliases: dict[str, str] = {}
         # Where the input came from beyond its path ({"hub_id", "revision"}, {"adapter", ...});
         # the merge copies it into the recipe's input entry.
@@ -243,6 +245,27 @@ class Checkpoint:
         return torch.frombuffer(view, dtype=info.dtype) if nbytes else torch.empty(
             0, dtype=info.dtype)
 
+    def read_flat_direct(self, name: str, start: int, stop: int, buf: memoryview
+                         ) -> torch.Tensor:
+        """As `read_flat_into`, bypassing the page cache (O_DIRECT) where the file allows it.
+
+        `buf` must come from `direct.aligned_buffer` (page-aligned, with slack): the tensor
+        returned is a view that may start anywhere in its first page. Falls back to
+        `read_flat_into` where O_DIRECT is refused or would misalign the elements.
+        """
+        stored = self.resolve(name)
+        if stored is None:
+            raise KeyError(name)
+        info = None if self._pickled is not None else self._infos[stored]
+        item = info.dtype.itemsize if info else 1
+        offset, nbytes = (info.offset + start * item, (stop - start) * item) if info else (0, 0)
+        if not info or not nbytes or offset % item or not has_slack(buf, nbytes):
+            return self.read_flat_into(name, start, stop, buf)
+        view = self._direct.read(info.path, offset, nbytes, buf, what=f"tensor {stored!r}")
+        if view is None:
+            return self.read_flat_into(name, start, stop, buf)
+        return torch.frombuffer(view, dtype=info.dtype)
+
     def read(self, name: str) -> torch.Tensor:
         """The whole tensor, in a new buffer (for small tensors and tests)."""
         dtype, shape = self._meta(name)
@@ -265,6 +288,7 @@ class Checkpoint:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._direct.close()
 
     def __enter__(self) -> Checkpoint:
         return self

@@ -31,6 +31,7 @@ from ..checkpoint import (
     ShardWriter,
     TensorSpec,
     base_license,
+    direct,
     finish_model_folder,
     output_record,
     publishing,
@@ -239,8 +240,11 @@ def _stream(plans: list[TensorPlan], inputs: Sequence[Checkpoint], writer: Shard
         bg.put(plan.name, out, raw, in_bytes)
 
     try:
+        # A tensor whose statistics pass runs first is then in the page cache: read it there.
+        cached = {p.name for p in plans if p.op is not None and p.op.reads_first}
         with one_torch_thread():
-            for chunk, tensors in read_chunks(inputs, chunks, fingerprints=fingerprints):
+            for chunk, tensors in read_chunks(inputs, chunks, fingerprints=fingerprints,
+                                              direct=direct.wanted(total), cached=cached):
                 plan = by_name[chunk.name]
                 in_bytes = sum(t.numel() * t.element_size() for t in tensors)
                 if plan.op is None or not plan.op.whole:

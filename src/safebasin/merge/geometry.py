@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, direct
 from . import fused
 from .ops import TensorOp, TensorStatistic
 from .statistics import collect_statistics
@@ -216,6 +216,6 @@ def plan_model_stock(inputs: Sequence[Checkpoint]) -> tuple[dict[str, ModelStock
 
     Returns (ops, per-tensor t for the recipe)."""
     stats = {n: Gram(len(inputs) - 1) for n in _floats(inputs[0])}
-    collect_statistics(inputs, stats)
+    collect_statistics(inputs, stats, direct=direct.wanted(sum(c.nbytes for c in inputs)))
     ts = {n: model_stock_t(s.g) for n, s in stats.items()}
     return {n: ModelStockOp(t) for n, t in ts.items()}, ts

@@ -50,6 +50,9 @@ class TensorOp(ABC):
     """
 
     whole: bool = False
+    # True for an op that reads its tensor itself (a statistics pass) just before the merge
+    # does: the executor then reads the tensor through the page cache, where that pass left it.
+    reads_first: bool = False
 
     @abstractmethod
     def apply(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:

@@ -43,7 +43,8 @@ def statistics_buffers(inputs: Sequence[Checkpoint]) -> Callable[[], ReadBuffers
 
 
 def collect_statistics(inputs: Sequence[Checkpoint], stats: Mapping[str, TensorStatistic], *,
-                       threads: int = 1, buffers: ReadBuffers | None = None) -> int:
+                       threads: int = 1, buffers: ReadBuffers | None = None,
+                       direct: bool = False) -> int:
     """Run passes over `inputs` until every statistic is done; returns the most passes any
     group of tensors needed.
 
@@ -54,11 +55,13 @@ def collect_statistics(inputs: Sequence[Checkpoint], stats: Mapping[str, TensorS
             the cores busy; SLERP asks for mergekit's count, which its bits depend on).
         buffers: the reader's buffers, reused, whose chunk size the passes read in; by
             default allocated for this call, for `stream.CHUNK_ELEMS`.
+        direct: when `buffers` is None, read with O_DIRECT (`checkpoint.direct`): for
+            statistics of one pass, since a second pass would then come from the disk.
     """
     if buffers is None:
         size = stream.CHUNK_ELEMS  # read at call time, so tests can shrink it
         every = [c for n in stats for c in chunks_of(n, math.prod(inputs[0].shape(n)), size)]
-        buffers = ReadBuffers.for_chunks(inputs, every, size)
+        buffers = ReadBuffers.for_chunks(inputs, every, size, direct=direct)
     passes = 0
     with torch_threads(threads):
         for group in _groups(inputs, list(stats)):
@@ -117,6 +120,8 @@ class StatisticsFirst(TensorOp):
     shapes took 2.9x the I/O floor that way. `buffers()` gives the statistics reader's
     buffers: one small set shared by the ops of a merge (`statistics_buffers`, cached).
     """
+
+    reads_first = True
 
     def __init__(self, inputs: Sequence[Checkpoint], name: str, statistic: TensorStatistic,
                  build: Callable[[TensorStatistic], TensorOp],

@@ -8,23 +8,27 @@ bytes as they arrive, which gives every input a content fingerprint without a se
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 import xxhash
 
 from ..checkpoint import Checkpoint
+from ..checkpoint.direct import aligned_buffer
 
 # 4M elements: 8 MiB of bf16 per input and 16 MiB of fp32 work per chunk. Large enough that
 # per-chunk Python overhead is noise, small enough that K inputs x 3 buffers stay far below
 # the 512 MiB memory target.
 CHUNK_ELEMS = 4 * 1024 * 1024
 _DEPTH = 2  # chunks read ahead of the consumer
+_MAX_REQUESTS = 16  # direct reads in flight at most (an EMA may have hundreds of inputs)
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,19 @@ class Fingerprints:
 
 
 class _BufferPool:
-    def __init__(self, n: int, nbytes: int) -> None:
+    def __init__(self, n: int, nbytes: int, direct: bool = False) -> None:
         self._free: queue.Queue[memoryview] = queue.Queue()
         for _ in range(n):
-            self._free.put(memoryview(bytearray(nbytes)))
+            self._free.put(aligned_buffer(nbytes) if direct else memoryview(bytearray(nbytes)))
 
     def get(self) -> memoryview:
         return self._free.get()
+
+    def get_nowait(self) -> memoryview | None:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return None
 
     def put(self, buf: memoryview) -> None:
         self._free.put(buf)
@@ -90,30 +100,42 @@ class ReadBuffers:
     again for every group (an 8B's TIES statistics spent 22 s of 32 in the kernel)."""
 
     def __init__(self, inputs: Sequence[Checkpoint], elems: int,
-                 chunk_elems: int = CHUNK_ELEMS) -> None:
+                 chunk_elems: int = CHUNK_ELEMS, *, direct: bool = False) -> None:
         """Buffers of `elems` elements of the inputs' widest dtype, for chunks of at most
-        `chunk_elems` elements (elems may be fewer: no chunk is larger)."""
+        `chunk_elems` elements (elems may be fewer: no chunk is larger). `direct`: page-aligned
+        buffers, and reads that bypass the page cache (`checkpoint.direct`)."""
         itemsize = max((c.dtype(n).itemsize for c in inputs for n in c.names), default=4)
         self.chunk_elems = chunk_elems
-        self.pools = [_BufferPool(_DEPTH + 2, max(1, elems) * itemsize) for _ in inputs]
+        self.direct = direct
+        self.pools = [_BufferPool(_DEPTH + 2, max(1, elems) * itemsize, direct)
+                      for _ in inputs]
 
     @classmethod
     def for_chunks(cls, inputs: Sequence[Checkpoint], chunks: Sequence[Chunk],
-                   chunk_elems: int = CHUNK_ELEMS) -> ReadBuffers:
+                   chunk_elems: int = CHUNK_ELEMS, *, direct: bool = False) -> ReadBuffers:
         """Buffers as large as the largest of `chunks`, not chunk_elems: an offline EMA over
         hundreds of small checkpoints would otherwise zero-fill (DEPTH + 2) × 16 MB per
         input."""
         largest = min(chunk_elems, max((c.stop - c.start for c in chunks), default=0))
-        return cls(inputs, largest, chunk_elems)
+        return cls(inputs, largest, chunk_elems, direct=direct)
+
+
+def _complete(ckpt: Checkpoint, chunk: Chunk, row: int) -> bool:
+    """Whether `ckpt` holds every row of `chunk` (not so for a smaller vocabulary)."""
+    return not row or ckpt.shape(chunk.name)[0] * row >= chunk.stop
 
 
 def _read_rows(ckpt: Checkpoint, base_chunk: torch.Tensor | None, chunk: Chunk,
-               row: int, buf: memoryview) -> torch.Tensor:
-    """Read a chunk; rows this input lacks (a smaller vocabulary) are taken from θ₀'s chunk."""
-    have = ckpt.shape(chunk.name)[0] * row if row else chunk.stop  # elements this input has
-    stop = min(chunk.stop, have)
-    if stop >= chunk.stop or base_chunk is None:
+               row: int, buf: memoryview, direct: bool = False) -> torch.Tensor:
+    """Read a chunk; rows this input lacks (a smaller vocabulary) are taken from θ₀'s chunk.
+
+    `direct`: bypass the page cache where `ckpt` can (the tensor is then a view at some
+    offset into `buf`); only for a chunk the input holds completely."""
+    if _complete(ckpt, chunk, row) or base_chunk is None:
+        if direct and hasattr(ckpt, "read_flat_direct"):
+            return ckpt.read_flat_direct(chunk.name, chunk.start, chunk.stop, buf)
         return ckpt.read_flat_into(chunk.name, chunk.start, chunk.stop, buf)
+    stop = min(chunk.stop, ckpt.shape(chunk.name)[0] * row)
     n = chunk.stop - chunk.start
     dtype = ckpt.dtype(chunk.name)
     out = torch.frombuffer(buf[: n * dtype.itemsize], dtype=dtype)
@@ -125,39 +147,89 @@ def _read_rows(ckpt: Checkpoint, base_chunk: torch.Tensor | None, chunk: Chunk,
 
 
 def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
-                fingerprints: Fingerprints | None = None, buffers: ReadBuffers | None = None
+                fingerprints: Fingerprints | None = None, buffers: ReadBuffers | None = None,
+                direct: bool = False, cached: Collection[str] = ()
                 ) -> Iterator[tuple[Chunk, list[torch.Tensor]]]:
     """Yield each chunk with one flat tensor per input, read ahead on a background thread.
 
     The tensors of one chunk stay valid until the next chunk is requested. `buffers` (large
     enough for every chunk) are reused from an earlier call; by default they are allocated, as
-    large as the largest chunk.
+    large as the largest chunk. `direct` (or direct `buffers`): read with O_DIRECT, every input
+    of a chunk at once so the disk has several requests in flight, except the tensors named in
+    `cached`, which a statistics pass has just read into the page cache.
     """
-    pools = (buffers or ReadBuffers.for_chunks(inputs, chunks)).pools
+    buffers = buffers or ReadBuffers.for_chunks(inputs, chunks, direct=direct)
+    pools, direct = buffers.pools, buffers.direct
     ready: queue.Queue = queue.Queue(maxsize=_DEPTH)
     stop = threading.Event()
 
-    def work() -> None:
+    def row_of(chunk: Chunk) -> int:
+        shape = inputs[0].shape(chunk.name)
+        return _prod(shape[1:]) if shape else 0  # elements per row; 0: a scalar
+
+    def read_in_order(chunk: Chunk, bufs: list[memoryview]) -> list[torch.Tensor]:
+        tensors: list[torch.Tensor] = []
+        for ckpt, buf in zip(inputs, bufs, strict=True):
+            tensors.append(_read_rows(ckpt, tensors[0] if tensors else None, chunk,
+                                      row_of(chunk), buf))
+        return tensors
+
+    def deliver(chunk: Chunk, tensors: list[torch.Tensor], bufs: list[memoryview]) -> None:
+        if fingerprints is not None:
+            for i, t in enumerate(tensors):
+                fingerprints.update(i, inputs[i], chunk, t)
+        ready.put((chunk, tensors, bufs))
+
+    def buffered() -> None:
+        for chunk in chunks:
+            if stop.is_set():
+                return
+            bufs = [pool.get() for pool in pools]
+            deliver(chunk, read_in_order(chunk, bufs), bufs)
+
+    def in_flight(requests: ThreadPoolExecutor) -> None:
+        """Direct reads, which wait on the disk: every input of every chunk that has a free
+        buffer is read at once, while earlier chunks are hashed and handed over."""
+        pending: collections.deque = collections.deque()
+
+        def hand_over_oldest() -> None:
+            chunk, futures, bufs = pending.popleft()
+            deliver(chunk, [f.result() for f in futures], bufs)
+
+        for chunk in chunks:
+            if stop.is_set():
+                return
+            while (first := pools[0].get_nowait()) is None and pending:
+                hand_over_oldest()
+            bufs = [first or pools[0].get()] + [pool.get() for pool in pools[1:]]
+            row = row_of(chunk)
+            if not all(_complete(c, chunk, row) for c in inputs):  # rows come from θ₀'s
+                while pending:
+                    hand_over_oldest()
+                deliver(chunk, read_in_order(chunk, bufs), bufs)
+                continue
+            use_direct = chunk.name not in cached
+            pending.append((chunk, [requests.submit(_read_rows, c, None, chunk, row, buf,
+                                                    use_direct)
+                                    for c, buf in zip(inputs, bufs, strict=True)], bufs))
+            while pending and all(f.done() for f in pending[0][1]):
+                hand_over_oldest()
+        while pending:
+            hand_over_oldest()
+
+    def run() -> None:
         try:
-            for chunk in chunks:
-                if stop.is_set():
-                    return
-                shape = inputs[0].shape(chunk.name)
-                row = _prod(shape[1:]) if shape else 0  # elements per row; 0: a scalar
-                bufs, tensors = [], []
-                for i, ckpt in enumerate(inputs):
-                    buf = pools[i].get()
-                    t = _read_rows(ckpt, tensors[0] if tensors else None, chunk, row, buf)
-                    if fingerprints is not None:
-                        fingerprints.update(i, ckpt, chunk, t)
-                    bufs.append(buf)
-                    tensors.append(t)
-                ready.put((chunk, tensors, bufs))
+            if direct:
+                with ThreadPoolExecutor(min(len(inputs) * (_DEPTH + 2), _MAX_REQUESTS),
+                                        thread_name_prefix="safebasin-read") as requests:
+                    in_flight(requests)
+            else:
+                buffered()
             ready.put(None)
         except BaseException as e:  # handed to the consumer, which re-raises it
             ready.put(e)
 
-    thread = threading.Thread(target=work, name="safebasin-reader", daemon=True)
+    thread = threading.Thread(target=run, name="safebasin-reader", daemon=True)
     thread.start()
     held: list[memoryview] | None = None
     try:
