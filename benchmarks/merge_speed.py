@@ -143,6 +143,30 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     return wall
 
 
+# Reads every tensor of the checkpoints in argv[1:] through safebasin's reader with O_DIRECT
+# (the read path of a merge of inputs larger than memory), computing nothing.
+_DIRECT_READ = ("import math, sys; from safebasin.checkpoint import Checkpoint; "
+                "from safebasin.merge.stream import chunks_of, read_chunks; "
+                "ins = [Checkpoint.open(p) for p in sys.argv[1:]]; "
+                "cs = [c for n in ins[0].names for c in chunks_of(n, math.prod(ins[0].shape(n)))]; "
+                "[None for _ in read_chunks(ins, cs, direct=True)]")
+
+
+def direct_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
+    """The floor of a merge that reads with O_DIRECT: safebasin's direct reader over every
+    input (no arithmetic) + the same fsynced write. With --cold only: warm, the page cache's
+    hits make `cat` the faster reader."""
+    drop_caches()
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _DIRECT_READ, *map(str, inputs)], check=True)
+    mib = max(1, out_bytes // 2**20)
+    subprocess.run(["dd", "if=/dev/zero", f"of={scratch}", "bs=1M", f"count={mib}",
+                    "conv=fsync", "status=none"], check=True)
+    wall = time.perf_counter() - t
+    scratch.unlink()
+    return wall
+
+
 # Runs argv[2:] and writes "status wall_s maxrss_kib" to argv[1]. A small process (no torch)
 # starts the command: Linux counts the RSS of the process that execs a command into the
 # command's peak, so a benchmark that generated 8B-shaped tensors itself would inflate it.
@@ -223,10 +247,12 @@ def bench_methods(name: str, work: Path, runs: int, mergekit: str | None,
         args, _, _, _, k, passes = METHODS[method]
         inputs = cks[: k + 1]
         warm(inputs)
-        floors, walls, mks = [], [], []
+        floors, dfloors, walls, mks = [], [], [], []
         for _ in range(runs):
             shutil.rmtree(out, ignore_errors=True)  # before the floor's scratch file: disk
             floors.append(io_floor(inputs, nbytes, root / "dd.tmp"))
+            if COLD:
+                dfloors.append(direct_floor(inputs, nbytes, root / "dd.tmp"))
             walls.append(timed([*sb, method, *map(str, inputs), "-o", str(out), *args, "-q"]))
             if mergekit:
                 shutil.rmtree(mk_out, ignore_errors=True)
@@ -238,9 +264,13 @@ def bench_methods(name: str, work: Path, runs: int, mergekit: str | None,
         verdict = "within" if w <= target * floor else "OVER"
         print(f"  I/O floor (read {k + 1}, write+fsync 1)            {floor:6.2f} s   "
               f"runs {fmt(floors)}")
+        if dfloors:
+            print(row(f"O_DIRECT floor (read {k + 1}, write+fsync 1)", dfloors, floor))
+        against_direct = (f"{w / statistics.median(dfloors):.2f}x the O_DIRECT floor   "
+                          if dfloors else "")
         print(row(f"safebasin merge {method} ({passes}-pass)", [x for x, _ in walls], floor,
                   f"peak RSS {max(r for _, r in walls):.0f} MiB   {verdict} "
-                  f"{target}x   "))
+                  f"{target}x   {against_direct}"))
         if mergekit:
             print(row(f"mergekit {METHODS[method][1]} (bf16)", [x for x, _ in mks], floor,
                       f"peak RSS {max(r for _, r in mks):.0f} MiB   "))

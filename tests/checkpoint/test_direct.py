@@ -147,13 +147,13 @@ def test_bad_setting_is_one_line_and_exit_2_with_nothing_written(models, tmp_pat
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
-# method -> (merge, whether it reads directly: TIES's tensors are read by their statistics
-# pass first, so its merge reads them from the page cache)
+# method -> (merge, whether it reads directly: the tensors of TIES and SLERP are read by their
+# statistics passes first, so their merge reads them from the page cache)
 _MERGES = {
     "lerp": (lambda b, f, f2, o: merge.lerp(b, f, o, alpha=0.3), True),
     "dare_ties": (lambda b, f, f2, o: merge.dare_ties(b, [f, f2], o, density=0.5, seed=3), True),
     "ties": (lambda b, f, f2, o: merge.ties(b, [f, f2], o, density=0.4), False),
-    "slerp": (lambda b, f, f2, o: merge.slerp(b, f, o, t=0.4), True),
+    "slerp": (lambda b, f, f2, o: merge.slerp(b, f, o, t=0.4), False),
     "model_stock": (lambda b, f, f2, o: merge.model_stock(b, [f, f2], o), True),
 }
 

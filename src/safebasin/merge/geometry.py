@@ -27,7 +27,7 @@ import torch
 from ..checkpoint import Checkpoint, direct
 from . import fused
 from .ops import TensorOp, TensorStatistic
-from .statistics import collect_statistics
+from .statistics import StatisticsFirst, collect_statistics, statistics_buffers
 
 __all__ = ["SlerpCosine", "model_stock_t", "plan_model_stock", "plan_slerp", "slerp_coefficients"]
 
@@ -193,21 +193,31 @@ def _floats(base: Checkpoint) -> list[str]:
     return [n for n in base.names if base.dtype(n).is_floating_point]
 
 
-def plan_slerp(inputs: Sequence[Checkpoint], t: float) -> tuple[dict[str, SlerpOp], list]:
-    """Two statistics passes (norms, then the dot product per tensor), then the ops.
+def plan_slerp(inputs: Sequence[Checkpoint], t: float
+               ) -> tuple[dict[str, StatisticsFirst], list[str]]:
+    """Per tensor, when the merge reaches it: two statistics passes (norms, then the dot
+    product), then the op; the merge's own read then finds the tensor in the page cache
+    (passes over the whole model first read an 8B from the disk twice: 2.0x the floor with
+    the cache emptied first).
 
-    Returns (ops, the tensors interpolated linearly, for the recipe)."""
+    Returns (ops, the tensors interpolated linearly, for the recipe: filled as the merge
+    builds the ops, in the merge's order)."""
     threads = torch.get_num_threads()  # mergekit's: torch's default, here outside the passes
-    base, scratch = inputs[0], {}
-    stats = {n: SlerpCosine(math.prod(base.shape(n)), base.dtype(n), scratch)
-             for n in _floats(base)}
-    collect_statistics(inputs, stats, threads=threads)
-    ops, linear = {}, []
-    for n, st in stats.items():
-        s0, s1, lin = slerp_coefficients(t, st.dot.float())
-        ops[n] = SlerpOp(s0, s1)
-        if bool(lin):
-            linear.append(n)
+    base, scratch, linear = inputs[0], {}, []
+    buffers = statistics_buffers(inputs)
+
+    def build(name: str):
+        def make(st: SlerpCosine) -> SlerpOp:
+            s0, s1, lin = slerp_coefficients(t, st.dot.float())
+            if bool(lin):
+                linear.append(name)
+            return SlerpOp(s0, s1)
+        return make
+
+    ops = {n: StatisticsFirst(inputs, n, SlerpCosine(math.prod(base.shape(n)), base.dtype(n),
+                                                     scratch), build(n), buffers,
+                              threads=threads)
+           for n in _floats(base)}
     return ops, linear
 
 

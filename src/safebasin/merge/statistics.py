@@ -118,22 +118,23 @@ class StatisticsFirst(TensorOp):
     larger than memory is read from the disk once. Statistics passes over the whole model
     first, then the merge, read it from the disk once per pass: TIES on the full Llama-3.1-8B
     shapes took 2.9x the I/O floor that way. `buffers()` gives the statistics reader's
-    buffers: one small set shared by the ops of a merge (`statistics_buffers`, cached).
+    buffers: one small set shared by the ops of a merge (`statistics_buffers`, cached);
+    `threads`: torch's intra-op threads during the passes (see `collect_statistics`).
     """
 
     reads_first = True
 
     def __init__(self, inputs: Sequence[Checkpoint], name: str, statistic: TensorStatistic,
                  build: Callable[[TensorStatistic], TensorOp],
-                 buffers: Callable[[], ReadBuffers]) -> None:
+                 buffers: Callable[[], ReadBuffers], *, threads: int = 1) -> None:
         self._inputs, self._name, self._statistic = inputs, name, statistic
-        self._build, self._buffers = build, buffers
+        self._build, self._buffers, self._threads = build, buffers, threads
         self._op: TensorOp | None = None
 
     def _built(self) -> TensorOp:
         if self._op is None:
             collect_statistics(self._inputs, {self._name: self._statistic},
-                               buffers=self._buffers())
+                               buffers=self._buffers(), threads=self._threads)
             self._op, self._statistic = self._build(self._statistic), None
             if self._op.whole:
                 raise TypeError(f"{type(self._op).__name__} is a whole-tensor op; "
