@@ -130,17 +130,22 @@ def drop_caches() -> None:
                          f"{e.strerror}") from None
 
 
-def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
-    files = [str(f) for p in inputs for f in sorted(p.glob("*.safetensors"))]
+def _floor(read: list[str], out_bytes: int, scratch: Path) -> float:
+    """Wall seconds of `read` (a command) then writing `out_bytes` with fsync (dd)."""
     drop_caches()
     t = time.perf_counter()
-    subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(read, stdout=subprocess.DEVNULL, check=True)
     mib = max(1, out_bytes // 2**20)
     subprocess.run(["dd", "if=/dev/zero", f"of={scratch}", "bs=1M", f"count={mib}",
                     "conv=fsync", "status=none"], check=True)
     wall = time.perf_counter() - t
     scratch.unlink()
     return wall
+
+
+def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
+    files = [str(f) for p in inputs for f in sorted(p.glob("*.safetensors"))]
+    return _floor(["cat", *files], out_bytes, scratch)
 
 
 # Reads every tensor of the checkpoints in argv[1:] through safebasin's reader with O_DIRECT
@@ -156,15 +161,7 @@ def direct_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     """The floor of a merge that reads with O_DIRECT: safebasin's direct reader over every
     input (no arithmetic) + the same fsynced write. With --cold only: warm, the page cache's
     hits make `cat` the faster reader."""
-    drop_caches()
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", _DIRECT_READ, *map(str, inputs)], check=True)
-    mib = max(1, out_bytes // 2**20)
-    subprocess.run(["dd", "if=/dev/zero", f"of={scratch}", "bs=1M", f"count={mib}",
-                    "conv=fsync", "status=none"], check=True)
-    wall = time.perf_counter() - t
-    scratch.unlink()
-    return wall
+    return _floor([sys.executable, "-c", _DIRECT_READ, *map(str, inputs)], out_bytes, scratch)
 
 
 # Runs argv[2:] and writes "status wall_s maxrss_kib" to argv[1]. A small process (no torch)

@@ -254,12 +254,12 @@ class Checkpoint:
         `read_flat_into` where O_DIRECT is refused or would misalign the elements.
         """
         stored = self.resolve(name)
-        if stored is None:
-            raise KeyError(name)
-        info = None if self._pickled is not None else self._infos[stored]
-        item = info.dtype.itemsize if info else 1
-        offset, nbytes = (info.offset + start * item, (stop - start) * item) if info else (0, 0)
-        if not info or not nbytes or offset % item or not has_slack(buf, nbytes):
+        if stored is None or self._pickled is not None:
+            return self.read_flat_into(name, start, stop, buf)
+        info = self._infos[stored]
+        item = info.dtype.itemsize
+        offset, nbytes = info.offset + start * item, (stop - start) * item
+        if not nbytes or offset % item or not has_slack(buf, nbytes):
             return self.read_flat_into(name, start, stop, buf)
         view = self._direct.read(info.path, offset, nbytes, buf, what=f"tensor {stored!r}")
         if view is None:

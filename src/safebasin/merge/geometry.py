@@ -18,6 +18,7 @@ Model stock (Jang et al. 2024, arXiv 2403.19522, as mergekit computes it, per te
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -206,17 +207,15 @@ def plan_slerp(inputs: Sequence[Checkpoint], t: float
     base, scratch, linear = inputs[0], {}, []
     buffers = statistics_buffers(inputs)
 
-    def build(name: str):
-        def make(st: SlerpCosine) -> SlerpOp:
-            s0, s1, lin = slerp_coefficients(t, st.dot.float())
-            if bool(lin):
-                linear.append(name)
-            return SlerpOp(s0, s1)
-        return make
+    def build(name: str, st: SlerpCosine) -> SlerpOp:
+        s0, s1, lin = slerp_coefficients(t, st.dot.float())
+        if bool(lin):
+            linear.append(name)
+        return SlerpOp(s0, s1)
 
     ops = {n: StatisticsFirst(inputs, n, SlerpCosine(math.prod(base.shape(n)), base.dtype(n),
-                                                     scratch), build(n), buffers,
-                              threads=threads)
+                                                     scratch), functools.partial(build, n),
+                              buffers, threads=threads)
            for n in _floats(base)}
     return ops, linear
 
