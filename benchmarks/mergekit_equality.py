@@ -43,8 +43,10 @@ METHODS = {
 def make_models(root: Path) -> list[Path]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=160,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    # odd sizes on purpose: tensors that are not whole vectors of 8 or 16 lanes, and an
+    # embedding of 36036 elements, which torch sums in two ranges on two threads
+    cfg = LlamaConfig(vocab_size=1001, hidden_size=36, intermediate_size=100,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                       tie_word_embeddings=False)
     torch.manual_seed(0)
     base = LlamaForCausalLM(cfg)

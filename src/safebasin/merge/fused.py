@@ -438,43 +438,6 @@ def squared_distance(base, out):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _widen64(a, dst):
-    for j in range(a.size):
-        dst[j] = np.float64(_load(a, j))
-
-
-@njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz"})
-def _dot64(a, b):
-    """Σ a·b in fp64 (products of fp32 values are exact in fp64; only the order of the sum
-    is free, which lets it vectorise)."""
-    acc = 0.0
-    for j in range(a.size):
-        acc += a[j] * b[j]
-    return acc
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def gram_update(base, fts, g):
-    """g += the fp64 Gram matrix of the offsets θᵢ − θ₀ (model stock); g is symmetric."""
-    k, n = fts.shape[0], base.size
-    xs = np.empty((k + 1, _BLOCK), dtype=np.float64)
-    for s0 in range(0, n, _BLOCK):
-        m = min(_BLOCK, n - s0)
-        _widen64(base[s0:s0 + m], xs[0, :m])
-        for r in range(k):
-            x = xs[r + 1, :m]
-            _widen64(fts[r, s0:s0 + m], x)
-            for j in range(m):
-                x[j] = x[j] - xs[0, j]
-        for i in range(1, k + 1):
-            for j in range(i, k + 1):
-                v = _dot64(xs[i, :m], xs[j, :m])
-                g[i - 1, j - 1] += v
-                if i != j:
-                    g[j - 1, i - 1] += v
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
 def slerp_combine(base, other, s0, s1, out):
     """out = round(s₀·θ₀ + s₁·θ₁): two rounded fp32 products, then their rounded sum
     (`geometry.SlerpOp.apply`); returns Σ(stored − θ₀)²."""

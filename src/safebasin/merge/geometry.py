@@ -4,8 +4,8 @@ Both need whole-tensor statistics, streamed chunk by chunk, and then combine chu
 mergekit's order of fp32 operations. SLERP's statistics are mergekit's own: fp32 norms and dot
 products over blocks of 2²⁰ elements, with torch's ops on as many threads as mergekit would use,
 so the result equals mergekit's bit for bit (two passes: norms, then the dot product of the
-normalised vectors). Model stock's are fp64 sums: mergekit reduces whole tensors at once in fp32,
-an order that no bounded-memory pass can reproduce (docs/merging.md).
+normalised vectors). Model stock's: mergekit reduces whole tensors at once in fp32, and
+`torch_order` replays torch's order of that reduction chunk by chunk, so t has its bits too.
 
 SLERP (two models, θ₀ and θ₁, each tensor one vector; Shoemake 1985, as mergekit applies it):
     v̂ = v/‖v‖ (unless ‖v‖ ≤ 1e-8), d = clamp(v̂₀·v̂₁, −1, 1); |d| > 0.9995: θ = (1−t)θ₀ + tθ₁
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, direct
-from . import fused
+from . import fused, torch_order
 from .ops import TensorOp, TensorStatistic
 from .statistics import StatisticsFirst, collect_statistics, statistics_buffers
 
@@ -38,24 +39,17 @@ SLERP_BLOCK = 1024 * 1024  # mergekit's _CHUNK_ELEMENTS: its norms and dots are 
 STOCK_EPS = 1e-6  # mergekit's clamp of the norm product
 
 
-class Gram(TensorStatistic):
-    """Σ δᵢ·δⱼ (fp64) over one tensor of the offsets δᵢ = θᵢ − θ₀, i = 1..K (model stock)."""
+class StockSums(TensorStatistic):
+    """mergekit's fp32 norms ‖δᵢ‖ and dot products δᵢ·δⱼ of one tensor's offsets
+    δᵢ = θᵢ − θ₀, summed in torch's order (`torch_order`), so that t has mergekit's bits."""
 
-    def __init__(self, k: int) -> None:
-        self.g = np.zeros((k, k))
+    def __init__(self, numel: int, k: int, threads: int, order: torch_order.Order) -> None:
+        self.sums = torch_order.ModelStockSums(numel, k, threads, order)
 
     def update(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> None:
-        if fused.supported(tensors):
-            fused.gram_update(fused.as_array(tensors[0]), fused.as_rows(tensors[1:]), self.g)
-            return
-        base = tensors[0].double()
-        xs = [t.double() - base for t in tensors[1:]]
-        for i, a in enumerate(xs):
-            for j in range(i, len(xs)):
-                v = float(torch.dot(a, xs[j]))
-                self.g[i, j] += v
-                if i != j:
-                    self.g[j, i] += v
+        if not fused.supported(tensors):  # float16: mergekit's fp32 values, exactly
+            tensors = [t.float() for t in tensors]
+        self.sums.update(fused.as_array(tensors[0]), fused.as_rows(tensors[1:]), start)
 
 
 class SlerpCosine(TensorStatistic):
@@ -154,17 +148,20 @@ class SlerpOp(TensorOp):
                                          fused.as_array(out)))
 
 
-def model_stock_t(g: np.ndarray) -> float:
-    """mergekit's t from the Gram matrix of the offsets δ₁..δ_N (fp32 like mergekit)."""
-    n = g.shape[0]
-    norms = np.sqrt(np.diag(g)).astype(np.float32)
-    cos = [np.clip(np.float32(g[i, j]) / max(norms[i] * norms[j], np.float32(STOCK_EPS)),
-                   -1, 1) for i in range(n) for j in range(i + 1, n)]
-    c = np.float32(np.mean(np.array(cos, dtype=np.float32), dtype=np.float32))
+def model_stock_t(norms: np.ndarray, dots: np.ndarray, width: int) -> float:
+    """mergekit's t from the fp32 norms of the offsets δ₁..δ_N and their dot products (pairs
+    i < j in order), in its fp32 operations; `width`: torch's vector lanes, which order the
+    mean of the cosines."""
+    n = norms.size
+    eps = np.float32(STOCK_EPS)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    cos = np.array([np.clip(dots[p] / max(np.float32(norms[i] * norms[j]), eps), -1, 1)
+                    for p, (i, j) in enumerate(pairs)], dtype=np.float32)
+    c = np.float32(torch_order.small_sum(cos, width) / np.float32(len(pairs)))
     denominator = np.float32(1) + np.float32(n - 1) * c
-    if abs(denominator) < STOCK_EPS:  # no finite estimate: keep θ₀, as mergekit 0.1.5
+    if abs(denominator) < eps:  # no finite estimate: keep θ₀, as mergekit 0.1.5
         return 0.0
-    return float(np.float32(n) * c / denominator)
+    return float(np.float32(np.float32(n) * c) / denominator)
 
 
 class ModelStockOp(TensorOp):
@@ -221,10 +218,20 @@ def plan_slerp(inputs: Sequence[Checkpoint], t: float
 
 
 def plan_model_stock(inputs: Sequence[Checkpoint]) -> tuple[dict[str, ModelStockOp], dict]:
-    """One statistics pass (the offsets' Gram matrix per tensor), then the ops.
+    """One statistics pass (the offsets' norms and dot products per tensor), then the ops.
 
     Returns (ops, per-tensor t for the recipe)."""
-    stats = {n: Gram(len(inputs) - 1) for n in _floats(inputs[0])}
+    threads = torch.get_num_threads()  # mergekit's: its sums split work by thread
+    order = torch_order.order(threads)
+    if order is None:
+        warnings.warn("this torch's fp32 reduction order was not recognised: model stock's "
+                      "t follows torch 2.13's x86-64 order and may differ from mergekit's "
+                      "in its last bits", stacklevel=2)
+        order = torch_order.Order(8, "unrolled")
+    k = len(inputs) - 1
+    stats = {n: StockSums(math.prod(inputs[0].shape(n)), k, threads, order)
+             for n in _floats(inputs[0])}
     collect_statistics(inputs, stats, direct=direct.wanted(sum(c.nbytes for c in inputs)))
-    ts = {n: model_stock_t(s.g) for n, s in stats.items()}
+    ts = {n: model_stock_t(s.sums.norms(), s.sums.dots(), order.width)
+          for n, s in stats.items()}
     return {n: ModelStockOp(t) for n, t in ts.items()}, ts
