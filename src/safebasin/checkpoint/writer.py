@@ -9,6 +9,7 @@ so the recipe can record content hashes without a second read.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -24,6 +25,22 @@ from .header import DTYPE_NAMES
 from .reader import INDEX_FILE, SINGLE_FILE
 
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes per shard: HF's default max_shard_size, "5GB"
+WRITE_BEHIND = 32 << 20  # bytes written between two starts of their disk writes
+
+
+def _sync_file_range():
+    """libc's sync_file_range (Linux; Python's os module lacks it), or None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages in the range; do not wait
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,7 @@ class ShardWriter:
         except OSError as e:
             raise OutputNotWritableError(f"{path}: cannot create: {e.strerror}") from e
         self._shard_hash = xxhash.xxh3_128()
+        self._written = self._flushed = 0
         self._raw_write(_header_bytes(self._shards[idx]))
 
     def _raw_write(self, data: memoryview | bytes) -> None:
@@ -117,6 +135,18 @@ class ShardWriter:
                     f"{self.folder / self._files[self._shard_idx]}: write failed: "
                     f"{e.strerror}") from e
             view = view[n:]
+            self._written += n
+        if self._written - self._flushed >= WRITE_BEHIND:
+            self._write_behind()
+
+    def _write_behind(self) -> None:
+        """Start the disk writes of what is written so far, without waiting for them: the
+        kernel would otherwise hold a whole shard of dirty pages (below its background
+        threshold, 10% of memory) and write it all in the final fsync."""
+        if _SYNC_FILE_RANGE is not None:  # advice only: if refused, fsync writes it all
+            _SYNC_FILE_RANGE(self._fd, self._flushed, self._written - self._flushed,
+                             _SYNC_FILE_RANGE_WRITE)
+        self._flushed = self._written
 
     def _finish_shard(self) -> None:
         if self._fd is None:
