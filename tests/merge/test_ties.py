@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from reference_merges import assert_close, f64, rank_mask, sparse_reference, topk_window
@@ -62,3 +64,31 @@ def test_ties_recipe_and_card_state_the_method(models, tmp_path):
     assert recipe["parameters"]["statistics_passes"] == 1
     card = (tmp_path / "out" / "README.md").read_text()
     assert "topk(τᵢ)" in card and "--density 0.5" in card
+
+
+@pytest.mark.parametrize("budget", [None, 0], ids=["in-memory", "radix"])
+def test_statistics_one_tensor_ahead_change_no_bit(models, tmp_path, monkeypatch, budget):
+    """The passes run on the background thread, ahead of the merge, and the output is the
+    same bytes as with every statistic collected in place."""
+    from safebasin.merge import sparse, statistics
+
+    kwargs = {"density": 0.3, "weights": [0.7, 0.4]} | ({} if budget is None
+                                                       else {"budget": budget})
+    threads: list[str] = []
+    collect = statistics.collect_statistics
+
+    def recording(*args, **kw):
+        threads.append(threading.current_thread().name)
+        return collect(*args, **kw)
+
+    monkeypatch.setattr(statistics, "collect_statistics", recording)
+    merge.sparse_merge("ties", models["base"], [models["ft"], models["ft2"]],
+                       tmp_path / "ahead", **kwargs)
+    assert threads and all(t.startswith("safebasin-statistics") for t in threads)
+    threads.clear()
+    monkeypatch.setattr(sparse, "look_ahead", lambda ops: None)
+    merge.sparse_merge("ties", models["base"], [models["ft"], models["ft2"]],
+                       tmp_path / "in-place", **kwargs)
+    assert threads and all(t == threading.main_thread().name for t in threads)
+    a, b = load_state(tmp_path / "ahead"), load_state(tmp_path / "in-place")
+    assert all(torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)) for k in a)

@@ -34,7 +34,7 @@ from . import fused
 from .dropout import hash_key, keep_mask, keep_threshold
 from .ops import TensorOp, TensorStatistic
 from .select import STATS_BUDGET, RankWindow, WindowMask, WindowSelect
-from .statistics import StatisticsFirst, statistics_buffers
+from .statistics import StatisticsFirst, look_ahead, statistics_buffers
 
 __all__ = ["METHODS", "RESCALES", "SparseMethod", "SparseParams", "plan_sparse"]
 
@@ -295,7 +295,9 @@ def plan_sparse(inputs: Sequence[Checkpoint], method: SparseMethod, params: Spar
         def rescaled(name: str) -> StatisticsFirst:
             return StatisticsFirst(inputs, name, _KeptL1(name, params), lambda s: SparseMergeOp(
                 name, method, params, [], s.scales()), buffers)
-        return {n: rescaled(n) for n in names}, 1 if names else 0
+        ops = {n: rescaled(n) for n in names}
+        look_ahead(ops.values())
+        return ops, 1 if names else 0
     if method.sparsify in ("random", "none"):
         return {n: SparseMergeOp(n, method, params, []) for n in names}, 0
 
@@ -315,4 +317,5 @@ def plan_sparse(inputs: Sequence[Checkpoint], method: SparseMethod, params: Spar
         passes = max(passes, select.passes)
         ops[n] = StatisticsFirst(inputs, n, select,
                                  lambda s, n=n: masked(n, s.result()), buffers)
+    look_ahead(ops.values())
     return ops, passes

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -22,7 +23,7 @@ from . import stream
 from .ops import TensorOp, TensorStatistic
 from .stream import ReadBuffers, chunks_of, read_chunks, release_free_memory, torch_threads
 
-__all__ = ["StatisticsFirst", "collect_statistics", "statistics_buffers"]
+__all__ = ["StatisticsFirst", "collect_statistics", "look_ahead", "statistics_buffers"]
 
 _BLOCK = 1 << 20  # elements per update call: a statistic's fp32 temporaries stay small
 _MAX_PASSES = 16  # radix selection needs 2; anything near this is a bug in a statistic
@@ -120,6 +121,7 @@ class StatisticsFirst(TensorOp):
     shapes took 2.9x the I/O floor that way. `buffers()` gives the statistics reader's
     buffers: one small set shared by the ops of a merge (`statistics_buffers`, cached);
     `threads`: torch's intra-op threads during the passes (see `collect_statistics`).
+    Ops linked by `look_ahead` collect on a background thread, one tensor ahead.
     """
 
     reads_first = True
@@ -130,15 +132,36 @@ class StatisticsFirst(TensorOp):
         self._inputs, self._name, self._statistic = inputs, name, statistic
         self._build, self._buffers, self._threads = build, buffers, threads
         self._op: TensorOp | None = None
+        self._worker: ThreadPoolExecutor | None = None  # set by `look_ahead`
+        self._next: StatisticsFirst | None = None
+        self._future: Future[TensorOp] | None = None
+
+    def _collect(self) -> TensorOp:
+        collect_statistics(self._inputs, {self._name: self._statistic},
+                           buffers=self._buffers(), threads=self._threads)
+        op, self._statistic = self._build(self._statistic), None
+        if op.whole:
+            raise TypeError(f"{type(op).__name__} is a whole-tensor op; "
+                            "StatisticsFirst builds chunk ops")
+        return op
+
+    def _start(self) -> Future[TensorOp]:
+        assert self._worker is not None
+        if self._future is None:
+            self._future = self._worker.submit(self._collect)
+        return self._future
 
     def _built(self) -> TensorOp:
         if self._op is None:
-            collect_statistics(self._inputs, {self._name: self._statistic},
-                               buffers=self._buffers(), threads=self._threads)
-            self._op, self._statistic = self._build(self._statistic), None
-            if self._op.whole:
-                raise TypeError(f"{type(self._op).__name__} is a whole-tensor op; "
-                                "StatisticsFirst builds chunk ops")
+            if self._worker is None:
+                self._op = self._collect()
+            else:
+                mine = self._start()
+                if self._next is not None:  # its passes overlap this tensor's merge
+                    self._next._start()
+                else:
+                    self._worker.shutdown(wait=False)
+                self._op = mine.result()
         return self._op
 
     def apply(self, tensors: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:
@@ -147,3 +170,21 @@ class StatisticsFirst(TensorOp):
     def fill(self, tensors: Sequence[torch.Tensor], start: int, stop: int,
              out: torch.Tensor) -> float | None:
         return self._built().fill(tensors, start, stop, out)
+
+
+def look_ahead(ops: Iterable[TensorOp]) -> None:
+    """Collect each `StatisticsFirst` op's statistic on one background thread while the merge
+    streams the tensor before it (a merge reaches its ops in the order of `ops`).
+
+    The passes of TIES or breadcrumbs took as long as the merge of a tensor, on the same core
+    as it. Only ops on one torch thread take part: their bits do not depend on torch's
+    thread setting, which is global and which the merge keeps at one (SLERP's statistics need
+    mergekit's count, so they are collected in place). One thread runs every linked op's
+    passes in turn, so they share the statistics buffers as before.
+    """
+    chain = [op for op in ops if isinstance(op, StatisticsFirst) and op._threads == 1]
+    if not chain:
+        return
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safebasin-statistics")
+    for op, following in zip(chain, [*chain[1:], None], strict=True):
+        op._worker, op._next = worker, following
