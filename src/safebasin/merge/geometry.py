@@ -29,7 +29,7 @@ import torch
 from ..checkpoint import Checkpoint, direct
 from . import fused, torch_order
 from .ops import TensorOp, TensorStatistic
-from .statistics import StatisticsFirst, collect_statistics, statistics_buffers
+from .statistics import StatisticsFirst, collect_statistics, look_ahead, statistics_buffers
 
 __all__ = ["SlerpCosine", "model_stock_t", "plan_model_stock", "plan_slerp", "slerp_coefficients"]
 
@@ -214,6 +214,7 @@ def plan_slerp(inputs: Sequence[Checkpoint], t: float
                                                      scratch), functools.partial(build, n),
                               buffers, threads=threads)
            for n in _floats(base)}
+    look_ahead(ops.values())
     return ops, linear
 
 

@@ -177,12 +177,11 @@ def look_ahead(ops: Iterable[TensorOp]) -> None:
     streams the tensor before it (a merge reaches its ops in the order of `ops`).
 
     The passes of TIES or breadcrumbs took as long as the merge of a tensor, on the same core
-    as it. Only ops on one torch thread take part: their bits do not depend on torch's
-    thread setting, which is global and which the merge keeps at one (SLERP's statistics need
-    mergekit's count, so they are collected in place). One thread runs every linked op's
-    passes in turn, so they share the statistics buffers as before.
+    as it. One thread runs every linked op's passes in turn, so they share the statistics
+    buffers as before. torch's intra-op thread count is a per-thread setting (OpenMP's), so
+    the passes' own count (SLERP's is mergekit's) neither changes nor depends on the merge's.
     """
-    chain = [op for op in ops if isinstance(op, StatisticsFirst) and op._threads == 1]
+    chain = [op for op in ops if isinstance(op, StatisticsFirst)]
     if not chain:
         return
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safebasin-statistics")
