@@ -184,3 +184,15 @@ def test_merges_are_bit_identical_with_and_without_o_direct(models, tmp_path, mo
     assert off.keys() == on.keys()
     for name in off:
         assert torch.equal(off[name], on[name]), name
+
+
+def test_direct_reads_with_buffered_buffers_are_refused(odd_checkpoint):
+    """The reader must not fall back to the cache silently when direct reads were asked for."""
+    folder, _ = odd_checkpoint
+    with Checkpoint.open(folder) as ckpt:
+        chunks = stream.chunks_of("bb", 2049, 512)
+        plain = stream.ReadBuffers.for_chunks([ckpt], chunks)
+        with pytest.raises(ValueError, match="direct=True"):
+            next(stream.read_chunks([ckpt], chunks, buffers=plain, direct=True))
+        got = [t[0].clone() for _, t in stream.read_chunks([ckpt], chunks, buffers=plain)]
+    assert torch.equal(torch.cat(got), load_state(folder)["bb"])

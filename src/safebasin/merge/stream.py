@@ -154,10 +154,13 @@ def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
 
     The tensors of one chunk stay valid until the next chunk is requested. `buffers` (large
     enough for every chunk) are reused from an earlier call; by default they are allocated, as
-    large as the largest chunk. `direct` (or direct `buffers`): read with O_DIRECT, every input
-    of a chunk at once so the disk has several requests in flight, except the tensors named in
-    `cached`, which a statistics pass has just read into the page cache.
+    large as the largest chunk. `direct` (or direct `buffers`; `direct` with buffered `buffers`
+    is refused): read with O_DIRECT, every input of a chunk at once so the disk has several
+    requests in flight, except the tensors named in `cached`, which a statistics pass has just
+    read into the page cache.
     """
+    if buffers is not None and direct and not buffers.direct:
+        raise ValueError("direct reads need buffers allocated with direct=True")
     buffers = buffers or ReadBuffers.for_chunks(inputs, chunks, direct=direct)
     pools, direct = buffers.pools, buffers.direct
     ready: queue.Queue = queue.Queue(maxsize=_DEPTH)
