@@ -206,6 +206,51 @@ def order(threads: int) -> Order | None:
     return None
 
 
+class _Span(NamedTuple):
+    """Where one range's elements go: the cascade (whole groups) up to `cascade_end`, a flush
+    after every `block` elements up to `blocks_end`; the rest is kept (`_Span.total`)."""
+
+    size: int
+    cascade_end: int
+    blocks_end: int
+    block: int
+    power: int
+
+    @classmethod
+    def of(cls, size: int, width: int) -> _Span:
+        vectors = size // width if size >= width else 0
+        groups = vectors // _ILP
+        power = _level_power(groups if size >= width else size // _ILP)
+        return cls(size, groups * _ILP * width, (groups >> power << power) * _ILP * width,
+                   (1 << power) * _ILP * width, power)
+
+    def total(self, cascade: np.ndarray, rest: np.ndarray, width: int) -> np.float32:
+        """The range's sum from its cascade and kept elements, as its thread stores it."""
+        if self.size < width:  # fewer elements than lanes: scalars in groups of four
+            return _F32(_F32(0) + small_sum(rest[:self.size], width))
+        vectors = self.size // width
+        leftover = (vectors - vectors // _ILP * _ILP) * width
+        vector = _finish_rows(cascade.reshape(_LEVELS, _ILP, width),
+                              rest[:leftover].reshape(-1, width))
+        return _F32(_F32(0) + _finish_range(vector, rest[leftover:leftover + self.size
+                                                         - vectors * width]))
+
+
+def _slot_sum(range_sums: np.ndarray, threads: int, width: int, slotted: bool) -> np.float32:
+    if not slotted:
+        return _F32(range_sums[0])
+    slots = np.zeros(threads, dtype=_F32)
+    slots[:len(range_sums)] = range_sums
+    return _F32(_F32(0) + small_sum(slots, width))
+
+
+def _lanes_norm(lanes_: np.ndarray, tail: np.ndarray, rule: str) -> np.float32:
+    total = lanes_[0]
+    for v in lanes_[1:]:
+        total = _F32(total + v)
+    return _F32(np.sqrt(_square_tail(total, tail, TAILS[rule](tail.size))))
+
+
 class ModelStockSums:
     """mergekit's fp32 norms ‖δᵢ‖ and dots δᵢ·δⱼ of one tensor's offsets δᵢ = θᵢ − θ₀
     (i = 1..K), from its chunks in order, in torch's order for `threads` and `width`.
@@ -215,31 +260,16 @@ class ModelStockSums:
     def __init__(self, numel: int, k: int, threads: int, order_: Order) -> None:
         self.numel, self.k, self.threads = numel, k, threads
         self.width, self._tail = order_.width, order_.tail
-        width = self.width
         self.pairs = k * (k - 1) // 2
         self.spans, self._slotted = _ranges(numel, threads)
-        w = _ILP * width
-        self.norm_lanes = np.zeros((k, width), dtype=_F32)
-        self.norm_rest = np.zeros((k, width), dtype=_F32)
+        w = _ILP * self.width
+        self.norm_lanes = np.zeros((k, self.width), dtype=_F32)
+        self.norm_rest = np.zeros((k, self.width), dtype=_F32)
         self.cascade = np.zeros((self.pairs, _LEVELS, w), dtype=_F32)
         self.rest = np.zeros((self.pairs, w), dtype=_F32)
         self.range_sums = np.zeros((self.pairs, len(self.spans)), dtype=_F32)
         self._span = 0
-        self._geometry()
-
-    def _geometry(self) -> None:
-        b, e = self.spans[self._span]
-        s, w = e - b, self.width
-        vectors = s // w if s >= w else 0
-        groups = vectors // _ILP
-        power = _level_power(groups if s >= w else s // _ILP)
-        # elements of the cascade (whole groups) and the last element of a full block
-        self._cascade_end = groups * _ILP * w if s >= w else 0
-        self._power = power
-        self._block = (1 << power) * _ILP * w
-        self._blocks_end = (groups >> power << power) * _ILP * w if s >= w else 0
-        self._small = s < w
-        self.cascade[:] = 0
+        self._geometry = _Span.of(self.spans[0][1] - self.spans[0][0], self.width)
 
     def update(self, base: np.ndarray, fts: np.ndarray, start: int) -> None:
         """Elements [start, start + len(base)) of θ₀ (`base`) and the fine-tunes (rows of
@@ -249,55 +279,35 @@ class ModelStockSums:
         while at < stop:
             b, e = self.spans[self._span]
             upto = min(stop, e)
+            g = self._geometry
             _update(base[at - start:upto - start], fts[:, at - start:upto - start], at,
                     self.numel - self.numel % self.width, self.width, self.norm_lanes,
-                    self.norm_rest, b, self._cascade_end, self._blocks_end, self._block,
-                    self._power, self.cascade, self.rest)
+                    self.norm_rest, b, g.cascade_end, g.blocks_end, g.block, g.power,
+                    self.cascade, self.rest)
             at = upto
             if at == e:
                 self._finish_span()
 
     def _finish_span(self) -> None:
-        b, e = self.spans[self._span]
-        s, w = e - b, self.width
         for p in range(self.pairs):
-            if self._small:  # fewer elements than lanes: scalars in groups of four
-                self.range_sums[p, self._span] = _F32(0) + small_sum(self.rest[p, :s], w)
-                continue
-            vectors = s // w
-            leftover_rows = vectors - vectors // _ILP * _ILP
-            rows = self.rest[p, :leftover_rows * w].reshape(-1, w)
-            acc = self.cascade[p].reshape(_LEVELS, _ILP, w)
-            vector = _finish_rows(acc, rows)
-            scalars = self.rest[p, leftover_rows * w:leftover_rows * w + s - vectors * w]
-            self.range_sums[p, self._span] = _F32(0) + _finish_range(vector, scalars)
+            self.range_sums[p, self._span] = self._geometry.total(self.cascade[p], self.rest[p],
+                                                                  self.width)
+        self.cascade[:] = 0
         self._span += 1
         if self._span < len(self.spans):
-            self._geometry()
+            b, e = self.spans[self._span]
+            self._geometry = _Span.of(e - b, self.width)
 
     def norms(self) -> np.ndarray:
         """‖δᵢ‖ in fp32, as `torch.norm(δᵢ, dim=-1)`."""
-        out = np.empty(self.k, dtype=_F32)
         tail = self.numel % self.width
-        fused_from = TAILS[self._tail](tail)
-        for i in range(self.k):
-            total = self.norm_lanes[i, 0]
-            for v in self.norm_lanes[i, 1:]:
-                total = _F32(total + v)
-            total = _square_tail(total, self.norm_rest[i, :tail], fused_from)
-            out[i] = np.sqrt(total)
-        return out
+        return np.array([_lanes_norm(self.norm_lanes[i], self.norm_rest[i, :tail], self._tail)
+                         for i in range(self.k)], dtype=_F32)
 
     def dots(self) -> np.ndarray:
         """δᵢ·δⱼ for the pairs i < j in order, in fp32, as `(δᵢ * δⱼ).sum(dim=-1)`."""
-        if not self._slotted:
-            return self.range_sums[:, 0].copy()
-        out = np.empty(self.pairs, dtype=_F32)
-        for p in range(self.pairs):
-            slots = np.zeros(self.threads, dtype=_F32)
-            slots[:len(self.spans)] = self.range_sums[p]
-            out[p] = _F32(0) + small_sum(slots, self.width)
-        return out
+        return np.array([_slot_sum(self.range_sums[p], self.threads, self.width, self._slotted)
+                         for p in range(self.pairs)], dtype=_F32)
 
 
 _BLOCK = 4096  # elements whose offsets are computed together (they stay in the L1 cache)
