@@ -65,3 +65,16 @@ def test_model_stock_has_the_bits_of_mergekits_torch_ops(k, dtype, tmp_path):
     for name in b:
         want = _mergekit_ops(b[name], [s[name] for s in states])
         assert torch.equal(out[name].view(torch.int32), want.view(torch.int32)), name
+
+
+def test_an_unrecognised_torch_order_warns_and_uses_torch_213s(models, tmp_path, monkeypatch):
+    from safebasin.merge import torch_order
+
+    fts = [models["ft"], models["ft2"]]
+    monkeypatch.setattr(torch_order, "order", lambda threads: torch_order.Order(8, "unrolled"))
+    merge.model_stock(models["base"], fts, tmp_path / "x86")
+    monkeypatch.setattr(torch_order, "order", lambda threads: None)
+    with pytest.warns(UserWarning, match="reduction order was not recognised"):
+        merge.model_stock(models["base"], fts, tmp_path / "unknown")
+    a, b = load_state(tmp_path / "x86"), load_state(tmp_path / "unknown")
+    assert all(torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)) for k in a)

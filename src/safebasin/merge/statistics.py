@@ -182,8 +182,9 @@ def look_ahead(ops: Iterable[TensorOp]) -> None:
 
     The passes of TIES or breadcrumbs took as long as the merge of a tensor, on the same core
     as it. One thread runs every linked op's passes in turn, so they share the statistics
-    buffers as before. torch's intra-op thread count is a per-thread setting (OpenMP's), so
-    the passes' own count (SLERP's is mergekit's) neither changes nor depends on the merge's.
+    buffers as before. If the merge stops early, the thread finishes the one tensor it is on.
+    (torch's intra-op thread count is a per-thread setting, so passes that set their own
+    would not change the merge's; SLERP's are not linked all the same: no faster, measured.)
     """
     chain = [op for op in ops if isinstance(op, StatisticsFirst)]
     if not chain:
