@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from .fused import _load
+from .fused import _delta, _widen
+from .stream import torch_threads
 
 __all__ = ["ModelStockSums", "Order", "order", "small_sum"]
 
@@ -118,15 +119,20 @@ def small_sum(x: np.ndarray, width: int) -> np.float32:
     return _F32(_row_sum(x.reshape(-1, 1))[0])
 
 
+def _slot_sum(range_sums: np.ndarray, threads: int, width: int, slotted: bool) -> np.float32:
+    """The ranges' sums as torch adds them: in per-thread slots, then summed, when slotted."""
+    if not slotted:
+        return _F32(range_sums[0])
+    slots = np.zeros(threads, dtype=_F32)
+    slots[:len(range_sums)] = range_sums
+    return _F32(_F32(0) + small_sum(slots, width))
+
+
 def torch_sum(x: np.ndarray, threads: int, width: int) -> np.float32:
     """torch's `x.sum()` of a 1-D fp32 array, in numpy (for probes and tests: slow)."""
     spans, slotted = _ranges(x.size, threads)
-    sums = [_F32(_F32(0) + small_sum(x[b:e], width)) for b, e in spans]
-    if not slotted:
-        return sums[0]
-    slots = np.zeros(threads, dtype=_F32)
-    slots[:len(sums)] = sums
-    return _F32(_F32(0) + small_sum(slots, width))
+    sums = np.array([_F32(0) + small_sum(x[b:e], width) for b, e in spans], dtype=_F32)
+    return _slot_sum(sums, threads, width, slotted)
 
 
 def _fma32(a: np.float32, b: np.float32, c: np.float32) -> np.float32:
@@ -159,17 +165,21 @@ def _square_tail(total: np.float32, tail: np.ndarray, fused_from: int) -> np.flo
 TAILS = {"unrolled": lambda r: r // 4 * 4, "plain": lambda r: r, "fused": lambda r: 0}
 
 
+def _lanes_norm(lanes_: np.ndarray, tail: np.ndarray, rule: str) -> np.float32:
+    """The norm from its L lane sums of squares and the elements past the whole vectors."""
+    total = lanes_[0]
+    for v in lanes_[1:]:
+        total = _F32(total + v)
+    return _F32(np.sqrt(_square_tail(total, tail, TAILS[rule](tail.size))))
+
+
 def torch_norm(x: np.ndarray, width: int, tail: str) -> np.float32:
     """torch's `torch.norm(x, dim=-1)` of a 1-D fp32 array, in numpy."""
     whole = x.size // width * width
     lanes_ = np.zeros(width, dtype=_F32)
     for row in x[:whole].reshape(-1, width):
         lanes_ += row * row
-    total = lanes_[0]
-    for v in lanes_[1:]:
-        total = _F32(total + v)
-    rest = x[whole:]
-    return _F32(np.sqrt(_square_tail(total, rest, TAILS[tail](rest.size))))
+    return _lanes_norm(lanes_, x[whole:], tail)
 
 
 class Order(NamedTuple):
@@ -188,13 +198,9 @@ def order(threads: int) -> Order | None:
     probes = [rng.standard_normal(n).astype(_F32)
               for n in [8 * q + r for q in (0, 1, 5) for r in range(1, 8) for _ in range(4)]
               + [4099, 70001]]
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         want = [(float(torch.from_numpy(p).sum(dim=-1)),
                  float(torch.norm(torch.from_numpy(p), dim=-1))) for p in probes]
-    finally:
-        torch.set_num_threads(old)
     for width in (8, 16, 4, 32):
         if not all(float(torch_sum(p, threads, width)) == w[0]
                    for p, w in zip(probes, want, strict=True)):
@@ -234,21 +240,6 @@ class _Span(NamedTuple):
                               rest[:leftover].reshape(-1, width))
         return _F32(_F32(0) + _finish_range(vector, rest[leftover:leftover + self.size
                                                          - vectors * width]))
-
-
-def _slot_sum(range_sums: np.ndarray, threads: int, width: int, slotted: bool) -> np.float32:
-    if not slotted:
-        return _F32(range_sums[0])
-    slots = np.zeros(threads, dtype=_F32)
-    slots[:len(range_sums)] = range_sums
-    return _F32(_F32(0) + small_sum(slots, width))
-
-
-def _lanes_norm(lanes_: np.ndarray, tail: np.ndarray, rule: str) -> np.float32:
-    total = lanes_[0]
-    for v in lanes_[1:]:
-        total = _F32(total + v)
-    return _F32(np.sqrt(_square_tail(total, tail, TAILS[rule](tail.size))))
 
 
 class ModelStockSums:
@@ -327,7 +318,7 @@ def _update(base, fts, start, norm_end, width, norm_lanes, norm_rest, span_start
         m = min(_BLOCK, n - s0)
         _widen(base[s0:s0 + m], widened)
         for i in range(k):
-            _offset(fts[i, s0:s0 + m], widened, offsets[i])
+            _delta(fts[i, s0:s0 + m], widened, offsets[i])
         for i in range(k):
             _norm_block(offsets[i, :m], start + s0, norm_end, width, norm_lanes[i],
                         norm_rest[i])
@@ -339,18 +330,6 @@ def _update(base, fts, start, norm_end, width, norm_lanes, norm_rest, span_start
                 _cascade_block(products[:m], start + s0 - span_start, cascade_end,
                                blocks_end, block, power, cascade[p], rest[p])
                 p += 1
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _widen(a, dst):
-    for j in range(a.size):
-        dst[j] = _load(a, j)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _offset(a, base, dst):
-    for j in range(a.size):
-        dst[j] = _load(a, j) - base[j]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
