@@ -18,6 +18,7 @@ from support import load_state
 
 from safebasin import merge
 from safebasin.checkpoint import Checkpoint, direct
+from safebasin.checkpoint import writer as writer_mod
 from safebasin.cli import cli
 from safebasin.errors import CheckpointFormatError, UsageError
 from safebasin.merge import executor, stream
@@ -169,6 +170,11 @@ def test_merges_are_bit_identical_with_and_without_o_direct(models, tmp_path, mo
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(direct.DirectFiles, "read", counted)
+    forgotten, dropped = [], []  # inputs, and output ranges, dropped from the page cache
+    real_forget = Checkpoint.forget
+    monkeypatch.setattr(Checkpoint, "forget", lambda self, *a: forgotten.append(a)
+                        or real_forget(self, *a))
+    monkeypatch.setattr(writer_mod, "drop_cached", lambda *a: dropped.append(a))
     monkeypatch.setattr(executor, "CHUNK_ELEMS", 1000)  # several chunks per tensor
     monkeypatch.setattr(stream, "CHUNK_ELEMS", 1000)
     run, reads_directly = _MERGES[method]
@@ -178,8 +184,14 @@ def test_merges_are_bit_identical_with_and_without_o_direct(models, tmp_path, mo
         outs[setting] = tmp_path / setting
         run(models["base"], models["ft"], models["ft2"], outs[setting])
         if setting == "off":
-            assert not reads
+            assert not reads and not forgotten and not dropped
     assert bool(reads) == reads_directly
+    # every element of every merged tensor is forgotten once per input, and the output dropped
+    n_inputs = 2 if method in ("lerp", "slerp") else 3
+    state = load_state(outs["on"])
+    assert sum(b - a for _, a, b in forgotten) == n_inputs * sum(
+        t.numel() for t in state.values())
+    assert dropped and dropped[-1][1:] == (0, 0)
     off, on = load_state(outs["off"]), load_state(outs["on"])
     assert off.keys() == on.keys()
     for name in off:

@@ -300,6 +300,12 @@ class LoraCheckpoint(Checkpoint):
         """As `read_flat_into`: the adapted tensors are computed into `buf` from offset 0."""
         return self.read_flat_into(name, start, stop, buf)
 
+    def forget(self, name: str, start: int, stop: int) -> None:
+        """As `Checkpoint.forget`, for the base's bytes of a tensor (adapter files are small)."""
+        stored = self.resolve(name)
+        if stored is not None and stored not in self._replaced:
+            self._base.forget(stored, start, stop)
+
     def close(self) -> None:
         self._adapter.close()
         self._factors = None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .._fs import drop_cached
 from ..errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -266,6 +267,22 @@ class Checkpoint:
             return self.read_flat_into(name, start, stop, buf)
         return torch.frombuffer(view, dtype=info.dtype)
 
+    def forget(self, name: str, start: int, stop: int) -> None:
+        """Drop elements [start, stop) of a tensor from the page cache once read for the last
+        time (advice only; whole pages inside the range). For inputs larger than memory, which
+        cannot stay cached: growing the cache with them costs more than reading them on some
+        machines (docs/merge-engine.md)."""
+        stored = self.resolve(name)
+        if stored is None or self._pickled is not None or stop <= start:
+            return  # (a length of 0 would drop to the end of the file)
+        info = self._infos[stored]
+        item = info.dtype.itemsize
+        begin, end = info.offset + start * item, info.offset + stop * item
+        # the kernel drops only whole folios (up to 2 MiB) inside the range: start at the
+        # boundary below, so the folio across the previous range's end, read by then, goes too
+        begin -= begin % _LARGEST_FOLIO
+        drop_cached(self._fd(info.path), begin, end - begin)
+
     def read(self, name: str) -> torch.Tensor:
         """The whole tensor, in a new buffer (for small tensors and tests)."""
         dtype, shape = self._meta(name)
@@ -298,6 +315,9 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r}, {len(self.names)} tensors)"
+
+
+_LARGEST_FOLIO = 2 << 20  # the page cache's largest folio on x86-64 (a PMD)
 
 
 def _pread_full(fd: int, view: memoryview, offset: int, path: Path) -> int:

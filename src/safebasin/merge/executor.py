@@ -210,12 +210,19 @@ class _Gather:
         return parts, nbytes
 
 
+def _input_bytes(plans: list[TensorPlan], inputs: Sequence[Checkpoint]) -> int:
+    return sum(math.prod(p.shape) * c.dtype(p.name).itemsize for p in plans for c in inputs)
+
+
 def _stream(plans: list[TensorPlan], inputs: Sequence[Checkpoint], writer: ShardWriter,
             options: MergeOptions, fingerprints: Fingerprints) -> dict[str, float]:
     chunks = [c for p in plans for c in chunks_of(p.name, math.prod(p.shape), CHUNK_ELEMS)]
     by_name = {p.name: p for p in plans}
     sq: dict[str, float] = {p.name: 0.0 for p in plans}
-    total = sum(math.prod(p.shape) * c.dtype(p.name).itemsize for p in plans for c in inputs)
+    total = _input_bytes(plans, inputs)
+    # inputs larger than memory cannot stay cached: read them past the page cache (O_DIRECT),
+    # and drop what a statistics pass cached once the merge has read it for the last time
+    uncached = direct.wanted(total)
     itemsize = max((p.dtype.itemsize for p in plans), default=4)
     largest = max((c.stop - c.start for c in chunks), default=0)  # ≤ CHUNK_ELEMS
     # one chunk being filled, DEPTH queued, one being written
@@ -244,7 +251,7 @@ def _stream(plans: list[TensorPlan], inputs: Sequence[Checkpoint], writer: Shard
         cached = {p.name for p in plans if p.op is not None and p.op.reads_first}
         with one_torch_thread():
             for chunk, tensors in read_chunks(inputs, chunks, fingerprints=fingerprints,
-                                              direct=direct.wanted(total), cached=cached):
+                                              direct=uncached, cached=cached, drop=uncached):
                 plan = by_name[chunk.name]
                 in_bytes = sum(t.numel() * t.element_size() for t in tensors)
                 if plan.op is None or not plan.op.whole:
@@ -278,7 +285,9 @@ def execute(plans: list[TensorPlan], inputs: Sequence[Checkpoint], out: str | Pa
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plans]
     fingerprints = Fingerprints(len(inputs))
     with publishing(out, overwrite=options.overwrite, inputs=[c.path for c in inputs]) as tmp:
-        writer = ShardWriter(tmp, specs, shard_size=options.shard_size)
+        # an output of inputs larger than memory will not stay cached either
+        writer = ShardWriter(tmp, specs, shard_size=options.shard_size,
+                             drop_behind=direct.wanted(_input_bytes(plans, inputs)))
         sq = _stream(plans, inputs, writer, options, fingerprints)
         shard_hashes = writer.close()
         recipe = dict(recipe)

@@ -148,7 +148,7 @@ def _read_rows(ckpt: Checkpoint, base_chunk: torch.Tensor | None, chunk: Chunk,
 
 def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
                 fingerprints: Fingerprints | None = None, buffers: ReadBuffers | None = None,
-                direct: bool = False, cached: Collection[str] = ()
+                direct: bool = False, cached: Collection[str] = (), drop: bool = False
                 ) -> Iterator[tuple[Chunk, list[torch.Tensor]]]:
     """Yield each chunk with one flat tensor per input, read ahead on a background thread.
 
@@ -157,7 +157,10 @@ def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
     large as the largest chunk. `direct` (or direct `buffers`; `direct` with buffered `buffers`
     is refused): read with O_DIRECT, every input of a chunk at once so the disk has several
     requests in flight, except the tensors named in `cached`, which a statistics pass has just
-    read into the page cache.
+    read into the page cache. `drop`: this is the last read of every chunk, so drop its bytes
+    from the page cache when the next chunk is asked for (`Checkpoint.forget`), for inputs
+    larger than memory. Not as soon as read: a tensor's statistics pass, run when the
+    consumer reaches its first chunk, reads it again after the first chunks were read ahead.
     """
     if buffers is not None and direct and not buffers.direct:
         raise ValueError("direct reads need buffers allocated with direct=True")
@@ -235,8 +238,12 @@ def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
     thread = threading.Thread(target=run, name="safebasin-reader", daemon=True)
     thread.start()
     held: list[memoryview] | None = None
+    done: Chunk | None = None  # the chunk the consumer had last, with `drop`
     try:
         while True:
+            if done is not None:
+                _forget(inputs, done)
+                done = None
             item = ready.get()
             if held is not None:
                 for pool, buf in zip(pools, held, strict=True):
@@ -248,6 +255,7 @@ def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
                 raise item
             chunk, tensors, held = item
             yield chunk, tensors
+            done = chunk if drop else None
     finally:
         stop.set()
         while thread.is_alive():  # unblock a reader waiting on the queue or a buffer
@@ -262,6 +270,14 @@ def read_chunks(inputs: Sequence[Checkpoint], chunks: Sequence[Chunk], *,
             except queue.Empty:
                 pass
             thread.join(timeout=0.05)
+
+
+def _forget(inputs: Sequence[Checkpoint], chunk: Chunk) -> None:
+    """Drop a chunk's bytes of every input from the page cache (after all of them were read:
+    two inputs may be one file)."""
+    for ckpt in inputs:
+        held = _prod(ckpt.shape(chunk.name))  # fewer rows in a smaller vocabulary
+        ckpt.forget(chunk.name, chunk.start, min(chunk.stop, held))
 
 
 def _malloc_trim():
