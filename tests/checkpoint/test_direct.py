@@ -208,3 +208,16 @@ def test_direct_reads_with_buffered_buffers_are_refused(odd_checkpoint):
             next(stream.read_chunks([ckpt], chunks, buffers=plain, direct=True))
         got = [t[0].clone() for _, t in stream.read_chunks([ckpt], chunks, buffers=plain)]
     assert torch.equal(torch.cat(got), load_state(folder)["bb"])
+
+
+def test_distance_reads_past_the_cache_when_asked_with_the_same_result(models, monkeypatch):
+    forgotten = []
+    monkeypatch.setattr(Checkpoint, "forget", lambda self, *a: forgotten.append(a))
+    got = {}
+    for setting in ("off", "on"):
+        monkeypatch.setenv(direct.ENV, setting)
+        got[setting] = merge.distance(models["base"], models["ft"])
+        assert bool(forgotten) == (setting == "on")
+    assert got["on"] == got["off"]
+    numel = sum(t.numel() for t in load_state(models["base"]).values())
+    assert sum(b - a for _, a, b in forgotten) == 2 * numel

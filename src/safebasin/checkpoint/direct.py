@@ -9,9 +9,11 @@ filesystem refuses O_DIRECT (tmpfs on older kernels, some network filesystems) t
 through the cache as before.
 
 `SAFEBASIN_DIRECT_IO=auto|on|off` chooses: `auto` (the default) reads directly when the inputs
-together exceed the machine's memory, so that they cannot stay cached; smaller inputs keep the
-cache's hits (a sweep re-reads θ₀ for every point; the same 8B merge run again right after a
-read of its inputs, with part of them still cached, took 17-19 s buffered and 18-22 s direct).
+together exceed the machine's memory, so that they cannot stay cached (the merge then also drops
+what it has read and written from the cache: `Checkpoint.forget`, `ShardWriter(drop_behind)`,
+docs/merge-engine.md); smaller inputs keep the cache's hits (a sweep re-reads θ₀ for every
+point; the same 8B merge run again right after a read of its inputs, with part of them still
+cached, took 17-19 s buffered and 18-22 s direct).
 """
 
 from __future__ import annotations

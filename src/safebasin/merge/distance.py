@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import kernels
-from ..checkpoint import RECIPE_FILE, Checkpoint, open_checkpoint, read_recipe
+from ..checkpoint import RECIPE_FILE, Checkpoint, direct, open_checkpoint, read_recipe
 from .plan import align
 from .stream import chunks_of, one_torch_thread, read_chunks
 
@@ -34,8 +34,9 @@ def tensor_distances(a: Checkpoint, b: Checkpoint, *, vocab_mismatch: str = "err
     sq = {n: 0.0 for n in names}
     total = sum(math.prod(a.shape(n)) * (a.dtype(n).itemsize + b.dtype(n).itemsize)
                 for n in names if a.dtype(n).is_floating_point)
+    uncached = direct.wanted(total)  # as a merge: past the page cache, dropping what it read
     with one_torch_thread():
-        for chunk, (ta, tb) in read_chunks([a, b], chunks):
+        for chunk, (ta, tb) in read_chunks([a, b], chunks, direct=uncached, drop=uncached):
             sq[chunk.name] += float(kernels.sq_dist(ta, tb))
             if progress:
                 progress(ta.nbytes + tb.nbytes, total)

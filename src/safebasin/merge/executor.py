@@ -215,14 +215,14 @@ def _input_bytes(plans: list[TensorPlan], inputs: Sequence[Checkpoint]) -> int:
 
 
 def _stream(plans: list[TensorPlan], inputs: Sequence[Checkpoint], writer: ShardWriter,
-            options: MergeOptions, fingerprints: Fingerprints) -> dict[str, float]:
+            options: MergeOptions, fingerprints: Fingerprints, *, uncached: bool
+            ) -> dict[str, float]:
+    """`uncached`: the inputs exceed memory, so read them past the page cache (O_DIRECT) and
+    drop what a statistics pass cached once the merge has read it for the last time."""
     chunks = [c for p in plans for c in chunks_of(p.name, math.prod(p.shape), CHUNK_ELEMS)]
     by_name = {p.name: p for p in plans}
     sq: dict[str, float] = {p.name: 0.0 for p in plans}
     total = _input_bytes(plans, inputs)
-    # inputs larger than memory cannot stay cached: read them past the page cache (O_DIRECT),
-    # and drop what a statistics pass cached once the merge has read it for the last time
-    uncached = direct.wanted(total)
     itemsize = max((p.dtype.itemsize for p in plans), default=4)
     largest = max((c.stop - c.start for c in chunks), default=0)  # ≤ CHUNK_ELEMS
     # one chunk being filled, DEPTH queued, one being written
@@ -285,10 +285,9 @@ def execute(plans: list[TensorPlan], inputs: Sequence[Checkpoint], out: str | Pa
     specs = [TensorSpec(p.name, p.dtype, p.shape) for p in plans]
     fingerprints = Fingerprints(len(inputs))
     with publishing(out, overwrite=options.overwrite, inputs=[c.path for c in inputs]) as tmp:
-        # an output of inputs larger than memory will not stay cached either
-        writer = ShardWriter(tmp, specs, shard_size=options.shard_size,
-                             drop_behind=direct.wanted(_input_bytes(plans, inputs)))
-        sq = _stream(plans, inputs, writer, options, fingerprints)
+        uncached = direct.wanted(_input_bytes(plans, inputs))  # nor will the output stay
+        writer = ShardWriter(tmp, specs, shard_size=options.shard_size, drop_behind=uncached)
+        sq = _stream(plans, inputs, writer, options, fingerprints, uncached=uncached)
         shard_hashes = writer.close()
         recipe = dict(recipe)
         for i, entry in enumerate(recipe["inputs"]):
