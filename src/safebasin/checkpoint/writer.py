@@ -100,8 +100,8 @@ class ShardWriter:
     `drop_behind`: once each 32 MiB range is on the disk, drop it from the page cache, for
     outputs that will not stay cached anyway (a merge of inputs larger than memory). Growing
     the cache costs more than the disk on some machines: writing 16 GB after the cache was
-    emptied took 36-42 s with write-behind alone and 5-6 s dropping behind it (2-core
-    Firecracker VM, 24 GiB; docs/merge-engine.md).
+    emptied took 15.2-22.0 s with write-behind alone and 12.6-13.0 s dropping behind it (2-core
+    Firecracker VM, 24 GiB; `benchmarks/page_cache.py`, docs/merge-engine.md).
     """
 
     def __init__(self, folder: Path, specs: list[TensorSpec], *, shard_size: int,
